@@ -1,0 +1,325 @@
+"""The search space as data, and the one function that draws a genotype from an Optuna trial.
+
+A preset (``configs/space/*.toml``) gives, for every choice, either a list of values, a range
+``{ low = .., high = .., log = .., step = .. }`` or a single fixed value. ``sample`` draws the
+shape of a network (stages, depths, blocks, relative widths, layout, augmentation), then scales
+all widths together so that the network fills a drawn share of the parameter budget
+(``budget_fill``): trials are spent near the budget, and the share keeps some spread below it.
+
+``sample`` is the only place in the project that calls ``trial.suggest_*``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from space._budget import count_params, fit_to_budget, scale_widths
+from space._toml import load_toml
+from space.errors import UserError
+from space.genotype import (
+    AUTO_AUGMENTS,
+    BLOCK_TYPES,
+    DOWNSAMPLES,
+    HEADS,
+    MAX_DEPTH,
+    MAX_STAGES,
+    MAX_WIDTH,
+    POOLS,
+    SHORTCUTS,
+    Augment,
+    Genotype,
+    Stage,
+)
+
+# What each drawn choice may hold: ("int", low, high), ("float", low, high), ("bool",) or
+# ("str", allowed values). Every key must appear in a preset.
+_SCHEMA: dict[str, tuple[Any, ...]] = {
+    # shape
+    "num_stages": ("int", 1, MAX_STAGES),
+    "depth": ("int", 1, MAX_DEPTH),  # drawn per stage
+    "block": ("str", BLOCK_TYPES),  # drawn per stage
+    "width_growth": ("float", 0.25, 4.0),  # width of stage i+1 / width of stage i, per stage
+    "block_dropout": ("float", 0.0, 0.9),  # per stage
+    "base_width": ("int", 1, MAX_WIDTH),  # stage-1 width before scaling to the budget
+    "stem_ratio": ("float", 0.125, 4.0),  # stem width / stage-1 width
+    "stem_bias": ("bool",),
+    "first_downsample": ("bool",),  # whether stage 1 also halves the resolution
+    "downsample": ("str", DOWNSAMPLES),
+    "shortcut": ("str", SHORTCUTS),
+    "pool": ("str", POOLS),
+    "head": ("str", HEADS),
+    "head_dropout": ("float", 0.0, 0.9),
+    "budget_fill": ("float", 0.01, 1.0),  # share of the budget the widths are scaled to fill
+    # augmentation and regularisation
+    "crop_padding": ("int", 0, 64),
+    "flip": ("bool",),
+    "cutout": ("int", 0, 1024),
+    "auto_augment": ("str", AUTO_AUGMENTS),
+    "auto_magnitude": ("int", 0, 30),  # drawn only when auto_augment is randaugment
+    "mixup_alpha": ("float", 0.0, 10.0),
+    "cutmix_alpha": ("float", 0.0, 10.0),
+    "label_smoothing": ("float", 0.0, 0.5),
+}
+_SETTINGS = ("description", "fit_to_budget", "width_multiple", "params")
+
+
+class TrialLike(Protocol):
+    """The part of ``optuna.trial.Trial`` that ``sample`` uses (so space/ never imports Optuna)."""
+
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int: ...
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float: ...
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Param:
+    """One choice of the space: a list of values, or a numeric range."""
+
+    kind: str  # "int", "float", "bool" or "str"
+    choices: tuple[Any, ...] | None = None  # a list of values (one value: fixed)
+    low: float | None = None  # a range: low..high, optionally log-spaced or stepped
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+
+    @property
+    def fixed(self) -> Any:
+        """The value when there is nothing to draw, else None."""
+        if self.choices is not None and len(self.choices) == 1:
+            return self.choices[0]
+        if self.low is not None and self.low == self.high:
+            return self.low
+        return None
+
+    def to_toml_value(self) -> Any:
+        if self.choices is not None:
+            return list(self.choices)
+        out: dict[str, Any] = {"low": self.low, "high": self.high}
+        if self.log:
+            out["log"] = True
+        if self.step is not None:
+            out["step"] = self.step
+        return out
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A preset: the ranges of every choice, and how widths are fitted to the budget."""
+
+    params: Mapping[str, Param]
+    fit_to_budget: bool = True  # scale widths so each candidate fills budget_fill of the budget
+    width_multiple: int = 8  # every scaled width is a multiple of this many channels
+    description: str = ""
+    name: str = "custom"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, name: str = "custom") -> SearchSpace:
+        for key in data:
+            if key not in _SETTINGS:
+                raise UserError(
+                    f"unknown key {key!r} in search space {name!r}; allowed: {', '.join(_SETTINGS)}"
+                )
+        raw = data.get("params")
+        if not isinstance(raw, Mapping):
+            raise UserError(f"search space {name!r} needs a [params] table of choices")
+        for key in raw:
+            if key not in _SCHEMA:
+                raise UserError(
+                    f"unknown choice {key!r} in search space {name!r}; allowed: "
+                    f"{', '.join(_SCHEMA)}"
+                )
+        missing = [k for k in _SCHEMA if k not in raw]
+        if missing:
+            raise UserError(f"search space {name!r} lacks the choices: {', '.join(missing)}")
+        params = {key: _parse_param(f"params.{key}", raw[key], _SCHEMA[key]) for key in _SCHEMA}
+        fit = data.get("fit_to_budget", True)
+        if not isinstance(fit, bool):
+            raise UserError(f"fit_to_budget must be true or false, but got {fit!r}")
+        multiple = data.get("width_multiple", 8)
+        if isinstance(multiple, bool) or not isinstance(multiple, int) or not 1 <= multiple <= 64:
+            raise UserError(f"width_multiple must be an integer in [1, 64], but got {multiple!r}")
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            raise UserError(f"description must be a string, but got {description!r}")
+        return cls(
+            params=params,
+            fit_to_budget=fit,
+            width_multiple=multiple,
+            description=description,
+            name=name,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> SearchSpace:
+        path = Path(path)
+        return cls.from_dict(load_toml(path), name=path.stem)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data that ``from_dict`` reads back (what a study records)."""
+        return {
+            "description": self.description,
+            "fit_to_budget": self.fit_to_budget,
+            "width_multiple": self.width_multiple,
+            "params": {k: p.to_toml_value() for k, p in self.params.items()},
+        }
+
+
+def _parse_param(where: str, raw: Any, schema: tuple[Any, ...]) -> Param:
+    kind = schema[0]
+
+    def check(value: Any) -> Any:
+        if kind == "bool":
+            ok = isinstance(value, bool)
+            allowed = "true or false"
+        elif kind == "str":
+            ok = value in schema[1]
+            allowed = f"one of {', '.join(schema[1])}"
+        else:
+            is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if kind == "int":
+                is_num = is_num and float(value).is_integer()
+            ok = is_num and math.isfinite(value) and schema[1] <= value <= schema[2]
+            allowed = (
+                f"{'an integer' if kind == 'int' else 'a number'} in [{schema[1]}, {schema[2]}]"
+            )
+        if not ok:
+            raise UserError(f"{where} must hold {allowed}, but got {value!r}")
+        return int(value) if kind == "int" else float(value) if kind == "float" else value
+
+    if isinstance(raw, list):
+        if not raw:
+            raise UserError(f"{where} is an empty list; give at least one value")
+        return Param(kind=kind, choices=tuple(check(v) for v in raw))
+    if isinstance(raw, Mapping):
+        if kind in ("bool", "str"):
+            raise UserError(f"{where} takes a list of values, not a range: got {dict(raw)!r}")
+        extra = set(raw) - {"low", "high", "log", "step"}
+        if extra or "low" not in raw or "high" not in raw:
+            raise UserError(
+                f"{where} must be a list of values or {{ low = .., high = .. }} with optional "
+                f"log and step, but got {dict(raw)!r}"
+            )
+        low, high = check(raw["low"]), check(raw["high"])
+        if low > high:
+            raise UserError(f"{where}: low <= high must hold, but got (low={low}, high={high})")
+        log = raw.get("log", False)
+        step = raw.get("step")
+        if not isinstance(log, bool):
+            raise UserError(f"{where}.log must be true or false, but got {log!r}")
+        if log and low <= 0:
+            raise UserError(f"{where}: a log range needs low > 0, but got low={low}")
+        if step is not None and (
+            isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0 or log
+        ):
+            raise UserError(f"{where}.step must be a positive number (and not log), got {step!r}")
+        return Param(kind=kind, low=low, high=high, log=log, step=step)
+    return Param(kind=kind, choices=(check(raw),))
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What ``sample`` drew: the genotype, its parameter count and the budget share aimed at."""
+
+    genotype: Genotype
+    params: int
+    target: int | None  # parameters the widths were scaled to fill; None without a budget
+    fitted: bool  # False when even the narrowest version of the shape is over the target
+
+
+def sample(
+    trial: TrialLike,
+    space: SearchSpace,
+    *,
+    budget: int | None,
+    num_classes: int,
+    in_channels: int = 3,
+) -> Sample:
+    """Draw a genotype from ``trial``: the shape, then widths scaled to fill part of the budget.
+
+    With ``budget`` None, or a space with ``fit_to_budget = false``, widths are the drawn base
+    widths. A shape that is over budget even at its narrowest comes back narrowest with
+    ``fitted`` False; the caller rejects it before building anything.
+    """
+    p = space.params
+
+    def draw(name: str, param: Param) -> Any:
+        fixed = param.fixed
+        if fixed is not None:
+            return fixed
+        if param.choices is not None:
+            return trial.suggest_categorical(name, list(param.choices))
+        if param.kind == "int":
+            step = int(param.step) if param.step else 1
+            return trial.suggest_int(
+                name, int(param.low), int(param.high), step=step, log=param.log
+            )  # type: ignore[arg-type]
+        return trial.suggest_float(name, param.low, param.high, step=param.step, log=param.log)  # type: ignore[arg-type]
+
+    num_stages = draw("num_stages", p["num_stages"])
+    first_downsample = draw("first_downsample", p["first_downsample"])
+    base = draw("base_width", p["base_width"])
+    stages = []
+    width = float(base)
+    for i in range(num_stages):
+        if i > 0:
+            width *= draw(f"s{i}_width_growth", p["width_growth"])
+        stages.append(
+            Stage(
+                depth=draw(f"s{i}_depth", p["depth"]),
+                width=max(1, round(width)),
+                block=draw(f"s{i}_block", p["block"]),
+                downsample=bool(first_downsample) if i == 0 else True,
+                dropout=draw(f"s{i}_dropout", p["block_dropout"]),
+            )
+        )
+    auto = draw("auto_augment", p["auto_augment"])
+    augment = Augment(
+        crop_padding=draw("crop_padding", p["crop_padding"]),
+        flip=draw("flip", p["flip"]),
+        cutout=draw("cutout", p["cutout"]),
+        auto=auto,
+        # TrivialAugment draws its own magnitudes; only RandAugment uses this one.
+        auto_magnitude=draw("auto_magnitude", p["auto_magnitude"]) if auto == "randaugment" else 9,
+        mixup_alpha=draw("mixup_alpha", p["mixup_alpha"]),
+        cutmix_alpha=draw("cutmix_alpha", p["cutmix_alpha"]),
+        label_smoothing=draw("label_smoothing", p["label_smoothing"]),
+    )
+    genotype = Genotype(
+        stages=tuple(stages),
+        stem_width=max(1, round(base * draw("stem_ratio", p["stem_ratio"]))),
+        stem_bias=draw("stem_bias", p["stem_bias"]),
+        downsample=draw("downsample", p["downsample"]),
+        shortcut=draw("shortcut", p["shortcut"]),
+        pool=draw("pool", p["pool"]),
+        head=draw("head", p["head"]),
+        head_dropout=draw("head_dropout", p["head_dropout"]),
+        augment=augment,
+    )
+    target = None
+    fitted = True
+    if budget is not None and space.fit_to_budget:
+        fill = draw("budget_fill", p["budget_fill"])
+        target = max(1, math.floor(budget * fill))
+        scaled = fit_to_budget(
+            genotype,
+            target,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            multiple=space.width_multiple,
+        )
+        if scaled is None:
+            fitted = False
+            scaled = scale_widths(genotype, 0.0, multiple=space.width_multiple)
+        genotype = scaled
+    params = count_params(genotype, num_classes=num_classes, in_channels=in_channels)
+    return Sample(genotype=genotype, params=params, target=target, fitted=fitted)

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import copy
+import re
+
+import optuna
+import pytest
+
+from space import UserError, build, count_params
+from space._toml import load_toml
+from space.searchspace import SearchSpace, sample
+from tests.conftest import ROOT
+
+DEFAULT = ROOT / "configs" / "space" / "default.toml"
+
+
+def study(seed: int = 0) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+
+
+@pytest.mark.parametrize("budget", [400_000, 5_000_000])
+def test_samples_fill_the_budget(budget: int) -> None:
+    space = SearchSpace.load(DEFAULT)
+    s = study()
+    shares = []
+    for _ in range(100):
+        trial = s.ask()
+        drawn = sample(trial, space, budget=budget, num_classes=10)
+        assert drawn.fitted
+        assert (
+            drawn.params == count_params(drawn.genotype, num_classes=10) <= drawn.target <= budget
+        )
+        shares.append(drawn.params / budget)
+        s.tell(trial, 0.0)
+    # budget_fill is drawn in [0.5, 1]: nothing tiny, and a spread below the budget.
+    assert min(shares) > 0.35
+    assert max(shares) > 0.9
+    assert sum(share < 0.75 for share in shares) >= 10
+
+
+def test_the_trial_params_rebuild_the_same_genotype() -> None:
+    space = SearchSpace.load(DEFAULT)
+    s = study(1)
+    for _ in range(20):
+        trial = s.ask()
+        drawn = sample(trial, space, budget=400_000, num_classes=10)
+        s.tell(trial, 0.0)
+        again = sample(optuna.trial.FixedTrial(trial.params), space, budget=400_000, num_classes=10)
+        assert again.genotype == drawn.genotype
+
+
+def test_fixed_values_are_not_drawn() -> None:
+    space = SearchSpace.load(DEFAULT)
+    trial = study().ask()
+    drawn = sample(trial, space, budget=None, num_classes=10)
+    assert "flip" not in trial.params and "base_width" not in trial.params
+    assert "budget_fill" not in trial.params  # no budget: nothing to fill
+    assert drawn.genotype.augment.flip is True
+    assert drawn.genotype.stages[0].width == 64
+    build(drawn.genotype, num_classes=10)
+
+
+def test_unfitted_space_reports_over_budget_shapes() -> None:
+    raw = load_toml(DEFAULT)
+    raw["fit_to_budget"] = False
+    raw["params"]["base_width"] = 256
+    space = SearchSpace.from_dict(raw)
+    trial = study().ask()
+    drawn = sample(trial, space, budget=10_000, num_classes=10)
+    assert drawn.target is None and drawn.params > 10_000
+
+
+def test_shape_that_cannot_fit_comes_back_narrowest_and_unfitted() -> None:
+    raw = load_toml(DEFAULT)
+    raw["params"]["depth"] = 8
+    raw["params"]["num_stages"] = 4
+    drawn = sample(study().ask(), SearchSpace.from_dict(raw), budget=20_000, num_classes=10)
+    assert not drawn.fitted
+    assert all(s.width == 8 for s in drawn.genotype.stages)
+    assert drawn.params > 20_000
+
+
+def test_round_trip_of_the_space() -> None:
+    space = SearchSpace.load(DEFAULT)
+    again = SearchSpace.from_dict(space.to_dict(), name=space.name)
+    assert again == space
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (lambda d: d["params"].update(colour=[1]), "unknown choice 'colour'"),
+        (lambda d: d.update(extra=1), "unknown key 'extra'"),
+        (lambda d: d["params"].pop("depth"), "lacks the choices: depth"),
+        (lambda d: d["params"].update(depth={"low": 0, "high": 3}), "params.depth must hold"),
+        (lambda d: d["params"].update(depth={"low": 5, "high": 3}), "low <= high must hold"),
+        (lambda d: d["params"].update(block=["basic", "dense"]), "params.block must hold one of"),
+        (lambda d: d["params"].update(pool=[]), "empty list"),
+        (lambda d: d["params"].update(num_stages=[5]), "params.num_stages must hold"),
+        (lambda d: d["params"].update(flip={"low": 0, "high": 1}), "not a range"),
+        (lambda d: d["params"].update(depth={"low": 1, "hi": 3}), "must be a list of values"),
+        (lambda d: d.update(width_multiple=0), "width_multiple must be"),
+        (lambda d: d.update(fit_to_budget="yes"), "fit_to_budget must be"),
+        (lambda d: d.pop("params"), "needs a [params] table"),
+    ],
+)
+def test_bad_presets_are_user_errors(change, fragment: str) -> None:
+    raw = copy.deepcopy(load_toml(DEFAULT))
+    change(raw)
+    with pytest.raises(UserError) as info:
+        SearchSpace.from_dict(raw, name="t")
+    assert fragment in str(info.value)
+
+
+def test_sample_is_the_only_caller_of_suggest() -> None:
+    callers = []
+    for path in ROOT.glob("*/**/*.py"):
+        if ".venv" in path.parts or "tests" in path.parts:
+            continue
+        if re.search(r"\.suggest_(int|float|categorical|uniform|loguniform)\(", path.read_text()):
+            callers.append(path.relative_to(ROOT).as_posix())
+    assert callers == ["space/searchspace.py"]
