@@ -21,7 +21,7 @@ from space.genotype import MAX_WIDTH, Genotype
 MAX_BUDGET = 10**10  # parameters; anything larger is a typo, not a budget
 
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
-_BUDGET_RE = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9_]*)?(?:e[+-]?[0-9]+)?)\s*([kmg]?)\s*$")
+_BUDGET_RE = re.compile(r"^\s*([+-]?[0-9][0-9_]*(?:\.[0-9_]*)?(?:e[+-]?[0-9]+)?)\s*([kmg]?)\s*$")
 
 
 class BudgetError(UserError, ValueError):

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from space.errors import UserError
+
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` to make the file under a temporary name, then rename it to ``path``."""
@@ -18,6 +20,9 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
@@ -34,3 +39,28 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def check_writable(path: Path) -> None:
+    """Fail before any work when ``path`` (a folder, or a file) cannot be written or created.
+
+    Tries an anonymous temporary file in the nearest existing folder (nothing visible is left
+    behind): permission bits alone say nothing for root or on read-only mounts.
+    """
+    path = Path(path)
+    if path.is_file():
+        if not os.access(path, os.W_OK):
+            raise UserError(f"{path}: cannot write there (the file is read-only)")
+        return
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{path}: cannot write there ({existing} is a file, not a folder)")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"{path}: cannot write there (cannot create files in {existing}: {exc.strerror})"
+        ) from None

@@ -1,0 +1,225 @@
+"""One architecture trained end to end into a folder that explains itself.
+
+``run_experiment`` is what ``python -m search.train`` and the retraining of the best trials
+share. The folder holds:
+
+- ``config.json``: the settings (genotype, data, training), versions, device, host, command;
+- ``state.pt``: the full training state after the last finished epoch, while training runs
+  (a killed run restarts from it; removed once the run is finished);
+- ``history.csv``: one row per finished epoch, rewritten after every epoch;
+- ``model.safetensors`` + ``genotype.toml``: the trained weights with the architecture, enough to
+  rebuild without this project's search code;
+- ``metrics.json``: final accuracies with and without TTA, parameters, MACs, time, throughput.
+
+A finished folder is not trained again (its metrics are returned) unless ``fresh``; a folder of a
+run with other settings is an error rather than silently mixed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search import provenance
+from search.augment import Normalization
+from search.checkpoint import ModelInfo, save_model
+from search.config import DataConfig
+from search.data import Dataset
+from search.training import EpochStats, History, TrainConfig, evaluate, fit
+from space import Genotype, build, count
+from space._io import write_json_atomic, write_text_atomic
+from space.errors import UserError
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What to train: an architecture, its data and its recipe."""
+
+    name: str  # folder-friendly name: the architecture file's stem, or trial-17 say
+    genotype: Genotype
+    data: DataConfig
+    train: TrainConfig
+    eval_each_epoch: bool = True  # evaluate on the validation split after every epoch
+
+    def settings(self) -> dict[str, Any]:
+        """What must match for a folder to be resumed or reused."""
+        return {
+            "name": self.name,
+            "genotype": self.genotype.to_dict(),
+            "key": self.genotype.key(),
+            "data": asdict(self.data),
+            "train": self.train.to_dict(),
+            "eval_each_epoch": self.eval_each_epoch,
+        }
+
+
+def run_experiment(
+    experiment: Experiment,
+    dataset: Dataset,
+    out: Path,
+    *,
+    device: torch.device,
+    fresh: bool = False,
+    progress: bool = False,
+    extra: dict[str, Any] | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``experiment`` on ``dataset`` into ``out`` (or resume it); return its metrics."""
+    settings = experiment.settings()
+    config_path, metrics_path = out / "config.json", out / "metrics.json"
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    if config_path.exists():
+        recorded = _read_json(config_path).get("settings")
+        if recorded != settings:
+            raise UserError(
+                f"{out} holds a run with other settings ({_first_difference(recorded, settings)}); "
+                "pass --fresh to start it over, or choose another output folder"
+            )
+        if metrics_path.exists():
+            return _read_json(metrics_path)
+    g = experiment.genotype
+    params, macs = count(
+        g,
+        num_classes=dataset.num_classes,
+        in_channels=dataset.in_channels,
+        image_size=dataset.image_size,
+    )
+    write_json_atomic(
+        config_path,
+        {
+            "settings": settings,
+            "params": params,
+            "macs": macs,
+            "dataset": dataset.describe(),
+            "classes": list(dataset.classes),
+            "device": provenance.device_name(device),
+            "host": provenance.host(),
+            "versions": provenance.versions(),
+            "command": provenance.command_line(),
+            "started": provenance.now(),
+            **(extra or {}),
+        },
+    )
+
+    torch.manual_seed(experiment.train.seed)  # the initial weights
+    model = build(g, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    normalization = Normalization(dataset.mean, dataset.std)
+    # Epochs a killed run already finished, so history.csv stays whole while resuming.
+    history_rows = _read_history(out / "history.csv") if (out / "state.pt").exists() else []
+
+    def after_epoch(stats: EpochStats) -> None:
+        history_rows.append(stats)
+        _write_history(out / "history.csv", history_rows)
+        if on_epoch is not None:
+            on_epoch(stats)
+
+    history: History = fit(
+        model,
+        dataset.train,
+        augment=g.augment,
+        normalization=normalization,
+        num_classes=dataset.num_classes,
+        config=experiment.train,
+        device=device,
+        eval_set=dataset.val if experiment.eval_each_epoch else None,
+        on_epoch=after_epoch,
+        checkpoint=out / "state.pt",
+        progress=progress,
+        desc=experiment.name,
+    )
+    _write_history(out / "history.csv", history.epochs)  # all epochs, also after a resume
+
+    metrics: dict[str, Any] = {
+        "name": experiment.name,
+        "key": g.key(),
+        "params": params,
+        "macs": macs,
+        "epochs": len(history.epochs),
+        "seed": experiment.train.seed,
+        "tta_views": experiment.train.tta_views,
+    }
+    for split, images in (("val", dataset.val), ("test", dataset.test)):
+        if images is None or len(images) == 0:
+            continue
+        plain, tta = evaluate(
+            model, images, normalization=normalization, config=experiment.train, device=device
+        )
+        metrics[f"{split}_acc"], metrics[f"{split}_acc_tta"] = plain, tta
+    metrics.update(
+        train_seconds=history.train_seconds,
+        train_minutes=history.train_seconds / 60,
+        images_per_s=statistics.fmean(e.images_per_s for e in history.epochs),
+        device=provenance.device_name(device),
+        finished=provenance.now(),
+    )
+    info = ModelInfo(
+        genotype=g,
+        classes=dataset.classes,
+        in_channels=dataset.in_channels,
+        image_size=dataset.image_size,
+        mean=dataset.mean,
+        std=dataset.std,
+        train_config=experiment.train.to_dict(),
+        extra={"name": experiment.name, "metrics": metrics, **(extra or {})},
+    )
+    save_model(out / "model.safetensors", model, info)
+    g.save(out / "genotype.toml", header=f"{experiment.name}: {params:,} parameters")
+    write_json_atomic(metrics_path, metrics)  # last: its presence marks the run finished
+    (out / "state.pt").unlink(missing_ok=True)
+    return metrics
+
+
+HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "eval_acc", "images_per_s", "seconds")
+
+
+def _write_history(path: Path, epochs: list[EpochStats]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS)
+    writer.writeheader()
+    for e in epochs:
+        writer.writerow(asdict(e))
+    write_text_atomic(path, buffer.getvalue())
+
+
+def _read_history(path: Path) -> list[EpochStats]:
+    if not path.exists():
+        return []
+    rows = []
+    for row in csv.DictReader(io.StringIO(path.read_text())):
+        rows.append(
+            EpochStats(
+                epoch=int(row["epoch"]),
+                lr=float(row["lr"]),
+                train_loss=float(row["train_loss"]),
+                train_acc=float(row["train_acc"]),
+                eval_acc=float(row["eval_acc"]) if row["eval_acc"] else None,
+                images_per_s=float(row["images_per_s"]),
+                seconds=float(row["seconds"]),
+            )
+        )
+    return rows
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot be read ({exc}); pass --fresh to start over") from None
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{where}.{key}".lstrip("."))
+    return f"{where or 'settings'}: {a!r} there, {b!r} now"

@@ -1,0 +1,44 @@
+"""Where and with what a result was made: versions, host, device, time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import socket
+import sys
+
+import torch
+
+import search
+
+
+def versions() -> dict[str, str]:
+    import optuna
+    import torchvision
+
+    return {
+        "budget_nas": search.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "optuna": optuna.__version__,
+    }
+
+
+def device_name(device: torch.device) -> str:
+    """'cpu (8 threads)' or the GPU's marketing name, 'NVIDIA H100 80GB HBM3' say."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def host() -> str:
+    return socket.gethostname()
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def command_line() -> str:
+    return " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv])

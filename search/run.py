@@ -1,0 +1,463 @@
+"""Search for the most accurate classifier under a parameter budget.
+
+    python -m search.run --budget 5e6 --data cifar10
+    python -m search.run --config configs/budget-400k.toml --data data/cifar10-jpeg
+
+Runs (or resumes) one Optuna study in ``--storage`` (default ``sqlite:///results/<study>.db``).
+Running the same command again continues the same study: finished trials stay, numbering goes
+on, and ``--trials`` is the study's total. Exit 0 when done, 1 when trials kept failing, 2 on bad
+input (one line on stderr, nothing created), 130 when interrupted (the running trial is marked
+failed; run the command again to continue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from tqdm import tqdm
+
+from search.config import DataConfig, configure_torch, load_sections, merge, resolve_device
+from search.data import Dataset, load_dataset
+from search.storage import (
+    ClaimLock,
+    StorageSpec,
+    check_storage_location,
+    open_storage,
+    parse_storage,
+)
+from search.study import (
+    Context,
+    SearchConfig,
+    SearchSettings,
+    budget_label,
+    count_active,
+    dataset_label,
+    fail_stale_trials,
+    make_sampler,
+    open_study,
+    resolve_space,
+    summarize,
+    trial_line,
+    work,
+)
+from search.training import TrainConfig
+from space import format_count, parse_budget
+from space._cli import ArgumentParser
+from space._io import check_writable
+from space.errors import UserError
+from space.searchspace import SearchSpace
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="python -m search.run",
+        description=(
+            "Search ResNet-family classifiers under a parameter budget with Optuna (TPE, "
+            "Hyperband pruning). Running the same command again resumes the same study."
+        ),
+    )
+    p.add_argument("--budget", help="parameter budget: 400k, 400_000, 4e5, 5M, 5e6 (default 5M)")
+    p.add_argument(
+        "--trials",
+        type=int,
+        help="total trials of the study, counting those of earlier runs (default 100)",
+    )
+    p.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    p.add_argument("--epochs", type=int, help="maximum epochs of one trial (default 30)")
+    p.add_argument("--data", help="cifar10, cifar100, an image folder or a .tar/.tar.gz of one")
+    p.add_argument("--config", type=Path, help="TOML preset: [search], [data], [train] tables")
+    p.add_argument(
+        "--storage",
+        help="sqlite:///FILE.db, journal:///FILE.journal or postgresql+psycopg://... "
+        "(default sqlite:///results/<study>.db)",
+    )
+    p.add_argument("--study-name", help="default <dataset>-<budget>, e.g. cifar10-400k")
+    p.add_argument("--space", help="search-space preset name or TOML file (default 'default')")
+    p.add_argument("--seed", type=int, help="seed of the sampler and of every trial (default 0)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="processes on this machine (default 1); more than one needs a journal or "
+        "PostgreSQL storage; with several GPUs each worker gets one, round robin",
+    )
+    p.add_argument("--subset", type=int, help="keep the first N training images per class")
+    p.add_argument("--val-size", type=int, help="validation images carved from train")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate at the batch size")
+    p.add_argument("--results", help="results folder (default results)")
+    p.add_argument("--no-progress", action="store_true", help="log lines only, no bars")
+    # Set by --workers on the processes it starts: run trials quietly, the parent reports.
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything a run needs, resolved and checked before anything is created."""
+
+    search: SearchConfig
+    data: DataConfig
+    train: TrainConfig
+    budget: int
+    space: SearchSpace
+    study_name: str
+    storage_url: str
+    device: torch.device
+
+
+def resolve(args: argparse.Namespace) -> Plan:
+    presets = (
+        load_sections(
+            args.config, {"search": SearchConfig, "data": DataConfig, "train": TrainConfig}
+        )
+        if args.config
+        else {}
+    )
+    search_flags = {
+        "budget": args.budget,
+        "trials": args.trials,
+        "timeout": args.timeout,
+        "storage": args.storage,
+        "study_name": args.study_name,
+        "space": args.space,
+        "seed": args.seed,
+        "device": args.device,
+        "workers": args.workers,
+        "results": args.results,
+    }
+    if args.budget is not None:
+        parse_budget(args.budget)  # the flag's own message, not the config's
+    search = merge(SearchConfig, presets.get("search", {}), search_flags, where="search settings")
+    data = merge(
+        DataConfig,
+        presets.get("data", {}),
+        {"source": args.data, "subset": args.subset, "val_size": args.val_size},
+        where="data settings",
+    )
+    train = merge(
+        TrainConfig,
+        presets.get("train", {}),
+        {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr},
+        where="training settings",
+    )
+    if data.val_size < 1:
+        raise UserError("the search ranks trials on a validation split: val_size must be >= 1")
+    budget = search.budget_params
+    space_path = resolve_space(search.space)
+    space = SearchSpace.load(space_path)
+    device = resolve_device(search.device)
+    name = search.study_name or f"{dataset_label(data.source)}-{budget_label(budget)}"
+    results = Path(search.results)
+    storage_url = search.storage or f"sqlite:///{results / name}.db"
+    spec = parse_storage(storage_url)
+    if search.workers > 1 and not spec.parallel_safe:
+        raise UserError(
+            f"SQLite takes one writer at a time, and --workers {search.workers} would write at "
+            f"once: use --storage journal:///{results / name}.journal (one machine) or "
+            "postgresql+psycopg://... (several machines)"
+        )
+    check_writable(results)
+    check_storage_location(spec)
+    return Plan(search, data, train, budget, space, name, spec.url, device)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    child = args.worker_index is not None
+    progress = not args.no_progress and not child
+    try:
+        plan = resolve(args)
+        configure_torch(plan.device)
+        dataset = load_dataset(
+            plan.data.source,
+            val_size=plan.data.val_size,
+            subset=plan.data.subset,
+            seed=plan.data.split_seed,
+            image_size=plan.data.image_size,
+            progress=progress,
+        )
+        spec = parse_storage(plan.storage_url)
+        storage = open_storage(spec, heartbeat=plan.search.heartbeat, grace=plan.search.grace)
+        settings = SearchSettings(
+            budget=plan.budget,
+            space=plan.space,
+            data=plan.data,
+            train=plan.train,
+            min_epochs=plan.search.min_epochs,
+            reduction_factor=plan.search.reduction_factor,
+        )
+        study = open_study(storage, plan.study_name, settings, dataset)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    deadline = time.time() + plan.search.timeout if plan.search.timeout else None
+    if not child:
+        logging.getLogger("optuna").setLevel(logging.WARNING)
+        stale = fail_stale_trials(study, grace=plan.search.grace)
+        print(f"study   {plan.study_name} in {plan.storage_url}")
+        print(f"budget  {plan.budget:,} parameters; space {plan.space.name!r}")
+        print(f"data    {dataset.describe()}")
+        print(
+            f"device  {plan.device}; {plan.search.workers} worker(s); "
+            f"up to {plan.train.epochs} epochs a trial"
+        )
+        if stale:
+            print(
+                f"found {len(stale)} trial(s) left running by a stopped run: "
+                f"marked failed and queued once for retry ({', '.join(map(str, stale))})"
+            )
+    started = time.time()
+    before = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
+    try:
+        if plan.search.workers > 1 and not child:
+            stopped = _supervise(plan, argv, study, progress=progress, deadline=deadline)
+        else:
+            stopped = _run_worker(
+                plan,
+                study,
+                spec,
+                storage,
+                dataset,
+                index=args.worker_index or 0,
+                progress=progress,
+                deadline=deadline,
+                quiet=child,
+            )
+    except KeyboardInterrupt:
+        # A second Ctrl-C while we tidy up exits at once.
+        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+        if not child:
+            print(
+                "\ninterrupted: the running trial is marked failed; run the same command "
+                "again to continue",
+                file=sys.stderr,
+            )
+            _print_summary(plan, study, before, started)
+        return 130
+    if not child:
+        _print_summary(plan, study, before, started)
+        if stopped not in ("done", "timeout"):
+            print(f"stopped early: {stopped}", file=sys.stderr)
+    return 0 if stopped in ("done", "timeout") else 1
+
+
+def _run_worker(
+    plan: Plan,
+    study: optuna.Study,
+    spec: StorageSpec,
+    storage: optuna.storages.BaseStorage,
+    dataset: Dataset,
+    *,
+    index: int,
+    progress: bool,
+    deadline: float | None,
+    quiet: bool,
+) -> str:
+    """Run trials in this process; returns why it stopped."""
+    study.sampler = make_sampler(plan.search, existing=len(study.trials), worker=index)
+    on_device = dataclasses.replace(
+        dataset,
+        train=dataset.train.to(plan.device),
+        val=dataset.val.to(plan.device) if dataset.val is not None else None,
+    )
+    ctx = Context(
+        study=study,
+        settings=SearchSettings(
+            budget=plan.budget,
+            space=plan.space,
+            data=plan.data,
+            train=plan.train,
+            min_epochs=plan.search.min_epochs,
+            reduction_factor=plan.search.reduction_factor,
+        ),
+        dataset=on_device,
+        device=plan.device,
+        seed=plan.search.seed,
+        progress=progress,
+    )
+    lock = ClaimLock(spec, storage, plan.study_name)
+    bar = _trial_bar(plan, study, disable=quiet or not progress)
+
+    def on_trial(t: FrozenTrial) -> None:
+        if quiet:
+            return
+        line = trial_line(t, plan.budget)
+        (tqdm.write if progress else print)(line)
+        _update_bar(bar, plan, study)
+
+    try:
+        report = work(
+            ctx,
+            lock,
+            trials=plan.search.trials,
+            deadline=deadline,
+            grace=plan.search.grace,
+            on_trial=on_trial,
+        )
+    finally:
+        bar.close()
+        lock.close()
+    return report.stopped
+
+
+def _trial_bar(plan: Plan, study: optuna.Study, *, disable: bool) -> tqdm:
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    bar = tqdm(
+        total=plan.search.trials,
+        initial=min(done, plan.search.trials),
+        desc="search",
+        unit="trial",
+        disable=disable,
+        dynamic_ncols=True,
+    )
+    _update_bar(bar, plan, study)
+    return bar
+
+
+def _update_bar(bar: tqdm, plan: Plan, study: optuna.Study) -> None:
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    bar.n = min(done, plan.search.trials)
+    best = summarize(study, plan.budget, top=1).best
+    if best:
+        bar.set_postfix(
+            best=f"{best[0].value:.4f}", params=format_count(best[0].user_attrs["params"])
+        )
+    bar.refresh()
+
+
+def _supervise(
+    plan: Plan, argv: list[str], study: optuna.Study, *, progress: bool, deadline: float | None
+) -> str:
+    """Start ``workers`` child processes on the study, show their progress, wait for them."""
+    gpus = _visible_gpus() if plan.device.type == "cuda" else []
+    children = []
+    for i in range(plan.search.workers):
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "search.run",
+            *argv,
+            "--workers",
+            "1",
+            "--worker-index",
+            str(i),
+            "--no-progress",
+        ]
+        if plan.device.type == "cuda":
+            cmd += ["--device", "cuda"]  # each child sees its one GPU as cuda:0
+        children.append(subprocess.Popen(cmd, env=env))
+    bar = _trial_bar(plan, study, disable=not progress)
+    seen = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
+    try:
+        while True:
+            running = [c for c in children if c.poll() is None]
+            for t in study.get_trials(deepcopy=False, states=FINISHED):
+                if t.number not in seen:
+                    seen.add(t.number)
+                    (tqdm.write if progress else print)(trial_line(t, plan.budget))
+            _update_bar(bar, plan, study)
+            if not running:
+                break
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        for c in children:  # they got the Ctrl-C too; give them a moment to tidy up
+            try:
+                c.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                c.kill()
+        raise
+    finally:
+        bar.close()
+    codes = [c.returncode for c in children]
+    if any(code == 2 for code in codes):
+        return "a worker rejected its input (see above)"
+    if count_active(study) >= plan.search.trials:
+        return "done"
+    if deadline is not None and time.time() >= deadline:
+        return "timeout"
+    return f"workers exited with codes {codes}"
+
+
+def _visible_gpus() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        return [v.strip() for v in visible.split(",") if v.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _print_summary(plan: Plan, study: optuna.Study, before: set[int], started: float) -> None:
+    s = summarize(study, plan.budget, top=5)
+    trials = study.get_trials(deepcopy=False)
+    this_run = [t for t in trials if t.state in FINISHED and t.number not in before]
+    hours = (time.time() - started) / 3600
+    print()
+    print(
+        f"study {plan.study_name}: {s.total} trials ({s.complete} complete, {s.pruned} pruned, "
+        f"{s.rejected} rejected over budget, {s.failed} failed"
+        + (f", {s.running} running" if s.running else "")
+        + ")"
+    )
+    print(
+        f"budget use: {s.half_budget_share:.0%} of candidates use at least half of the "
+        f"{format_count(plan.budget)} budget; {s.rejected_share:.0%} were rejected over budget"
+    )
+    if this_run and hours > 0:
+        overhead = _overhead_share(this_run)
+        print(
+            f"this run: {len(this_run)} trials in {hours * 60:.1f} min = "
+            f"{len(this_run) / hours:.0f} trials/hour"
+            + (f"; {overhead:.1%} of trial time outside training" if overhead is not None else "")
+        )
+    if s.best:
+        print("\ntop trials (validation accuracy, feasible):")
+        print(f"  {'trial':>5}  {'val acc':>7}  {'params':>7}  {'budget':>6}  {'min':>5}  genotype")
+        for t in s.best:
+            minutes = t.user_attrs.get("train_seconds", 0) / 60
+            print(
+                f"  {t.number:>5}  {t.value:7.4f}  {format_count(t.user_attrs['params']):>7}  "
+                f"{t.user_attrs['budget_share']:6.1%}  {minutes:5.1f}  {t.user_attrs['key']}"
+            )
+    spec = parse_storage(plan.storage_url)
+    print(f"\nstudy stored in {plan.storage_url}")
+    print(f"dashboard: optuna-dashboard {spec.dashboard_target}")
+    print(
+        f"retrain the best: python -m search.retrain --storage {plan.storage_url} "
+        f"--study-name {plan.study_name} --top 3"
+    )
+
+
+def _overhead_share(trials: list[FrozenTrial]) -> float | None:
+    """Share of trial wall time spent outside training (sampling, checks, storage, eval)."""
+    wall = train = 0.0
+    for t in trials:
+        if t.datetime_start and t.datetime_complete and "train_seconds" in t.user_attrs:
+            wall += (t.datetime_complete - t.datetime_start).total_seconds()
+            train += t.user_attrs["train_seconds"]
+    return (wall - train) / wall if wall > 0 else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

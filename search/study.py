@@ -1,0 +1,558 @@
+"""The budget-constrained Optuna study: settings, the objective, the worker loop and resume.
+
+One single-objective study maximises validation accuracy (Optuna cannot prune multi-objective
+studies; the accuracy-vs-parameters front is drawn from the trials afterwards). The parameter
+budget is a constraint (``trial.set_constraint``): a candidate over budget is pruned before any
+weight exists, and TPE ranks it among the infeasible trials by its excess. Each trial trains for
+at most ``train.epochs`` epochs, reports validation accuracy after every epoch, and Hyperband
+stops the unpromising ones.
+
+Workers claim trials under a lock shared across processes and machines, so the study ends with
+exactly ``trials`` trials (complete, pruned or rejected), however many workers run and however
+often they are killed. A trial left RUNNING by a dead process is failed and retried once: at once
+when its worker ran on this machine (its pid is gone), else after its heartbeat (RDB storages)
+has been silent for the grace period.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+import search
+from search import provenance
+from search.augment import Normalization
+from search.config import DataConfig
+from search.data import Dataset
+from search.storage import ClaimLock
+from search.training import EpochStats, TrainConfig, TrainingDiverged, fit
+from space import BudgetCheck, build, count, format_count, parse_budget
+from space.errors import UserError
+from space.searchspace import SearchSpace, sample
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+ACTIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+MAX_CONSECUTIVE_FAILURES = 3  # a worker whose trials keep failing stops instead of looping
+
+
+class SearchConfigError(UserError, ValueError):
+    """A search setting out of its range."""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How to search; ``[search]`` in a preset, flags of ``python -m search.run``."""
+
+    budget: str | float = "5M"  # parameter budget: 400k, 400_000, 4e5, 5M, 5e6
+    trials: int = 100  # total trials of the study, counting earlier runs (rejects included)
+    timeout: float | None = None  # seconds after which this run starts no new trial
+    space: str = "default"  # search-space preset: a name in configs/space/ or a TOML path
+    storage: str | None = None  # default sqlite:///<results>/<study>.db
+    study_name: str | None = None  # default <dataset>-<budget>, e.g. cifar10-400k
+    seed: int = 0  # seeds the sampler, the validation split and every trial's training
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    workers: int = 1  # processes on this machine, each on one GPU (round robin) when GPUs exist
+    results: str = "results"  # folder of the default storage and of reports
+    min_epochs: int = 1  # Hyperband: the fewest epochs a trial runs before it can be pruned
+    reduction_factor: int = 3  # Hyperband: keep about 1 in this many at each rung
+    startup_trials: int = 10  # random trials before TPE starts modelling the space
+    heartbeat: int = 30  # seconds between heartbeats of a running trial (RDB storages)
+    grace: int = 120  # seconds of silence after which another worker fails and retries it
+
+    def __post_init__(self) -> None:
+        parse_budget(self.budget)
+        for name in ("trials", "workers", "min_epochs", "heartbeat", "grace"):
+            value = getattr(self, name)
+            if value < 1:
+                raise SearchConfigError(f"{name} must be an integer >= 1, but got {value!r}")
+        if self.trials > 1_000_000:
+            raise SearchConfigError(f"trials must be at most 1000000, but got {self.trials}")
+        if self.reduction_factor < 2:
+            raise SearchConfigError(
+                f"reduction_factor must be an integer >= 2, but got {self.reduction_factor!r}"
+            )
+        if self.startup_trials < 0:
+            raise SearchConfigError(f"startup_trials must be >= 0, but got {self.startup_trials!r}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise SearchConfigError(f"timeout must be > 0 seconds, but got {self.timeout!r}")
+        if self.grace <= self.heartbeat:
+            raise SearchConfigError(
+                f"grace ({self.grace} s) must be longer than heartbeat ({self.heartbeat} s)"
+            )
+        if self.study_name is not None and not _is_name(self.study_name):
+            raise SearchConfigError(
+                "study_name must be letters, digits, '.', '_' or '-' (it names files), "
+                f"but got {self.study_name!r}"
+            )
+
+    @property
+    def budget_params(self) -> int:
+        return parse_budget(self.budget)
+
+
+def _is_name(text: str) -> bool:
+    return bool(text) and all(c.isalnum() or c in "._-" for c in text) and text[0] not in ".-"
+
+
+def budget_label(budget: int) -> str:
+    """400000 -> '400k', 5000000 -> '5m', 1234567 -> '1234567'."""
+    for suffix, size in (("g", 10**9), ("m", 10**6), ("k", 10**3)):
+        if budget % size == 0:
+            return f"{budget // size}{suffix}"
+    return str(budget)
+
+
+def dataset_label(source: str) -> str:
+    """The name a study gets from its data: cifar10, or a folder/tarball's name."""
+    if source.lower() in ("cifar10", "cifar100"):
+        return source.lower()
+    name = Path(source).expanduser().name.split(".")[0] or "data"
+    return "".join(c if c.isalnum() or c in "_-" else "-" for c in name)
+
+
+def resolve_space(name: str) -> Path:
+    """A preset name (``default``) in configs/space/, or a path to a TOML file."""
+    path = Path(name)
+    if path.suffix != ".toml":
+        candidate = CONFIGS / "space" / f"{name}.toml"
+        if not candidate.exists():
+            names = sorted(p.stem for p in (CONFIGS / "space").glob("*.toml"))
+            raise UserError(
+                f"search space {name!r}: no such preset (presets: {', '.join(names)}; "
+                "or give a path to a .toml file)"
+            )
+        return candidate
+    return path
+
+
+# -- the study's record ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What a study is about; it must not change when a study is resumed."""
+
+    budget: int
+    space: SearchSpace
+    data: DataConfig
+    train: TrainConfig
+    min_epochs: int
+    reduction_factor: int
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "budget": self.budget,
+            "space": self.space.to_dict(),
+            "data": dataclasses.asdict(self.data),
+            "train": self.train.to_dict(),
+            "pruner": {
+                "kind": "hyperband",
+                "min_epochs": self.min_epochs,
+                "max_epochs": self.train.epochs,
+                "reduction_factor": self.reduction_factor,
+            },
+        }
+
+
+def describe_dataset(dataset: Dataset) -> dict[str, Any]:
+    return {
+        "name": dataset.name,
+        "source": dataset.source,
+        "classes": list(dataset.classes),
+        "num_classes": dataset.num_classes,
+        "in_channels": dataset.in_channels,
+        "image_size": list(dataset.image_size),
+        "train_images": len(dataset.train),
+        "val_images": len(dataset.val) if dataset.val is not None else 0,
+        "test_images": len(dataset.test),
+        "mean": list(dataset.mean),
+        "std": list(dataset.std),
+    }
+
+
+def open_study(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    settings: SearchSettings,
+    dataset: Dataset,
+    *,
+    sampler: optuna.samplers.BaseSampler | None = None,
+) -> optuna.Study:
+    """Create the study, or load it and check it was made with the same settings."""
+    pruner = optuna.pruners.HyperbandPruner(
+        min_resource=settings.min_epochs,
+        max_resource=settings.train.epochs,
+        reduction_factor=settings.reduction_factor,
+    )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    recorded = study.user_attrs.get("settings")
+    wanted = settings.record()
+    if recorded is None:
+        study.set_user_attr("settings", wanted)
+        study.set_user_attr("budget", settings.budget)
+        study.set_user_attr("dataset", describe_dataset(dataset))
+        study.set_user_attr("space_name", settings.space.name)
+        study.set_user_attr("version", search.__version__)
+        study.set_user_attr("versions", provenance.versions())
+        study.set_user_attr("created", provenance.now())
+        study.set_user_attr("command", provenance.command_line())
+    elif recorded != wanted:
+        raise UserError(
+            f"study {name!r} was made with other settings ({_difference(recorded, wanted)}); "
+            "run it with its own settings to resume it, or pass another --study-name"
+        )
+    return study
+
+
+def _difference(a: Any, b: Any, where: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _difference(a.get(key), b.get(key), f"{where}.{key}".lstrip("."))
+    return f"{where}: {a!r} in the study, {b!r} now"
+
+
+def make_sampler(config: SearchConfig, *, existing: int, worker: int) -> optuna.samplers.TPESampler:
+    """TPE, multivariate over the dynamic (per-stage) space, with constant liar for parallel
+    workers. The seed also depends on how many trials exist and which worker asks, so a resumed
+    run or a second worker does not repeat the first one's random start."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=config.seed * 1_000_003 + existing * 7919 + worker,
+            n_startup_trials=config.startup_trials,
+            multivariate=True,
+            group=True,
+            constant_liar=True,
+        )
+
+
+# -- one trial -------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What every trial of a worker needs."""
+
+    study: optuna.Study
+    settings: SearchSettings
+    dataset: Dataset  # train and val already on the device
+    device: torch.device
+    seed: int
+    progress: bool = False
+
+
+def objective(trial: optuna.Trial, ctx: Context) -> float:
+    """Draw a candidate, reject it if over budget, reuse a duplicate, else train and report."""
+    ds, budget = ctx.dataset, ctx.settings.budget
+    trial.set_user_attr("worker", worker_identity())
+    drawn = sample(
+        trial,
+        ctx.settings.space,
+        budget=budget,
+        num_classes=ds.num_classes,
+        in_channels=ds.in_channels,
+    )
+    g = drawn.genotype
+    params, macs = count(
+        g, num_classes=ds.num_classes, in_channels=ds.in_channels, image_size=ds.image_size
+    )
+    verdict = BudgetCheck(params, budget)
+    trial.set_user_attr("genotype", g.to_dict())
+    trial.set_user_attr("key", g.key())
+    trial.set_user_attr("params", params)
+    trial.set_user_attr("macs", macs)
+    trial.set_user_attr("budget_share", verdict.fraction)
+    trial.set_constraint("params_over_budget", params - budget)  # feasible when <= 0
+    if not verdict.fits:
+        # No weight was allocated and no step trained; TPE learns from the excess.
+        trial.set_user_attr("status", f"rejected: {verdict.message()}")
+        raise optuna.TrialPruned(verdict.message())
+
+    twin = find_twin(ctx.study, trial.number, g.key())
+    if twin is not None:
+        for key in ("curve", "epochs_run", "train_seconds", "images_per_s", "device"):
+            if key in twin.user_attrs:
+                trial.set_user_attr(key, twin.user_attrs[key])
+        trial.set_user_attr("duplicate_of", twin.number)
+        if twin.state == TrialState.PRUNED:
+            trial.set_user_attr("status", f"pruned: same genotype as trial {twin.number}")
+            raise optuna.TrialPruned(f"same genotype as pruned trial {twin.number}")
+        trial.set_user_attr("status", f"complete: same genotype as trial {twin.number}")
+        return float(twin.value)  # type: ignore[arg-type]
+
+    train = dataclasses.replace(ctx.settings.train, seed=ctx.seed + trial.number)
+    trial.set_user_attr("device", provenance.device_name(ctx.device))
+    epochs: list[EpochStats] = []
+
+    def on_epoch(stats: EpochStats) -> None:
+        epochs.append(stats)
+        assert stats.eval_acc is not None
+        trial.report(stats.eval_acc, stats.epoch)
+        trial.set_user_attr("curve", [e.eval_acc for e in epochs])
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned by Hyperband after epoch {stats.epoch}")
+
+    torch.manual_seed(train.seed)
+    model = build(g, num_classes=ds.num_classes, in_channels=ds.in_channels)
+    try:
+        fit(
+            model,
+            ds.train,
+            augment=g.augment,
+            normalization=Normalization(ds.mean, ds.std),
+            num_classes=ds.num_classes,
+            config=train,
+            device=ctx.device,
+            eval_set=ds.val,
+            on_epoch=on_epoch,
+            progress=ctx.progress,
+            desc=f"trial {trial.number}",
+        )
+    except optuna.TrialPruned as exc:
+        trial.set_user_attr("status", f"pruned: {exc}")
+        raise
+    except TrainingDiverged as exc:
+        trial.set_user_attr("status", f"pruned: diverged: {exc}")
+        raise optuna.TrialPruned(f"diverged: {exc}") from None
+    except torch.cuda.OutOfMemoryError as exc:
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+        trial.set_user_attr("status", f"failed: CUDA out of memory ({first_line[:200]})")
+        raise
+    except KeyboardInterrupt:
+        trial.set_user_attr("status", "failed: interrupted (Ctrl-C)")
+        raise
+    finally:
+        trial.set_user_attr("epochs_run", len(epochs))
+        trial.set_user_attr("train_seconds", sum(e.seconds for e in epochs))
+        trial.set_user_attr("train_loss", [e.train_loss for e in epochs])
+        if epochs:
+            trial.set_user_attr("curve", [e.eval_acc for e in epochs])
+            trial.set_user_attr("images_per_s", sum(e.images_per_s for e in epochs) / len(epochs))
+    trial.set_user_attr("status", f"complete: {len(epochs)} epochs")
+    return epochs[-1].eval_acc  # type: ignore[return-value]
+
+
+def find_twin(study: optuna.Study, number: int, key: str) -> FrozenTrial | None:
+    """An earlier finished trial of the same genotype that was trained (not rejected)."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if (
+            t.number != number
+            and t.user_attrs.get("key") == key
+            and not str(t.user_attrs.get("status", "")).startswith("rejected")
+            and "duplicate_of" not in t.user_attrs
+        ):
+            return t
+    return None
+
+
+# -- workers and stale trials ----------------------------------------------------------------
+
+
+def worker_identity() -> dict[str, Any]:
+    return {"host": provenance.host(), "pid": os.getpid(), "start": _process_start(os.getpid())}
+
+
+def _process_start(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot (tells a reused pid apart); Linux."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int, start: int | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return start is None or _process_start(pid) in (None, start)
+
+
+def fail_stale_trials(study: optuna.Study, *, grace: int) -> list[int]:
+    """Fail the RUNNING trials whose worker is gone, and retry each once. Returns their numbers.
+
+    A worker on this machine is gone when its pid no longer runs (or runs another program).
+    A RUNNING trial that never recorded its worker (killed within its first instant) is stale
+    once it is older than ``grace`` seconds. Workers on other machines are left to the
+    heartbeat of RDB storages (``optuna.storages.fail_stale_trials``).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # heartbeat-based; a no-op without heartbeats
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
+    here = provenance.host()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        if worker is None:
+            age = time.time() - t.datetime_start.timestamp() if t.datetime_start else 0
+            stale = age > grace
+        else:
+            stale = worker.get("host") == here and not _alive(worker["pid"], worker.get("start"))
+        if not stale:
+            continue
+        try:
+            study._storage.set_trial_user_attr(
+                t._trial_id, "status", "failed: its worker stopped (killed or crashed)"
+            )
+            if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
+        failed.append(t.number)
+        retry(study, study._storage.get_trial(t._trial_id))
+    return failed
+
+
+def count_active(study: optuna.Study) -> int:
+    """Trials that count toward the total: finished (complete, pruned, rejected), running, or
+    waiting to run (retries). Failed trials do not count: they are replaced."""
+    return len(study.get_trials(deepcopy=False, states=ACTIVE))
+
+
+@dataclass
+class WorkerReport:
+    """What one worker did in this run."""
+
+    finished: list[int] = dataclasses.field(default_factory=list)  # trial numbers
+    failed: list[int] = dataclasses.field(default_factory=list)
+    stopped: str = ""  # why the worker stopped
+
+
+def work(
+    ctx: Context,
+    lock: ClaimLock,
+    *,
+    trials: int,
+    deadline: float | None,
+    grace: int,
+    on_trial: Callable[[FrozenTrial], None] | None = None,
+) -> WorkerReport:
+    """Run trials until the study holds ``trials`` of them or ``deadline`` (time.time()) passes.
+
+    Each trial is claimed under ``lock``: stale trials are cleaned, the active trials counted,
+    and ``study.optimize`` asks for one more; the objective releases the lock as its first act.
+    Optuna's optimize keeps the heartbeat of the trial and marks it failed on an exception.
+    """
+    report = WorkerReport()
+    failures = 0
+
+    def claimed(trial: optuna.Trial) -> float:
+        lock.release()
+        return objective(trial, ctx)
+
+    def after(study: optuna.Study, trial: FrozenTrial) -> None:
+        (report.failed if trial.state == TrialState.FAIL else report.finished).append(trial.number)
+        if on_trial is not None:
+            on_trial(trial)
+
+    while True:
+        if deadline is not None and time.time() >= deadline:
+            report.stopped = "timeout"
+            break
+        lock.acquire()
+        try:
+            fail_stale_trials(ctx.study, grace=grace)
+            if count_active(ctx.study) >= trials:
+                report.stopped = "done"
+                break
+            before = len(report.failed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                ctx.study.optimize(
+                    claimed,
+                    n_trials=1,
+                    catch=(torch.cuda.OutOfMemoryError,),
+                    callbacks=[after],
+                    gc_after_trial=False,
+                )
+        finally:
+            lock.release()
+        failures = failures + 1 if len(report.failed) > before else 0
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            report.stopped = f"{failures} trials in a row failed"
+            break
+    return report
+
+
+# -- the summary ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Figures over the whole study."""
+
+    total: int
+    complete: int
+    pruned: int
+    rejected: int
+    failed: int
+    running: int
+    half_budget_share: float  # share of drawn candidates with at least half the budget
+    rejected_share: float
+    best: list[FrozenTrial]  # feasible complete trials, best first
+
+
+def summarize(study: optuna.Study, budget: int, *, top: int = 5) -> Summary:
+    trials = study.get_trials(deepcopy=False)
+    drawn = [t for t in trials if "params" in t.user_attrs]
+    rejected = [t for t in drawn if str(t.user_attrs.get("status", "")).startswith("rejected")]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    feasible = [
+        t
+        for t in complete
+        if t.value is not None and t.user_attrs.get("params", math.inf) <= budget
+    ]
+    best = sorted(feasible, key=lambda t: (-t.value, t.user_attrs["params"]))[:top]  # type: ignore[operator]
+    return Summary(
+        total=len(trials),
+        complete=len(complete),
+        pruned=sum(t.state == TrialState.PRUNED for t in trials) - len(rejected),
+        rejected=len(rejected),
+        failed=sum(t.state == TrialState.FAIL for t in trials),
+        running=sum(t.state == TrialState.RUNNING for t in trials),
+        half_budget_share=(
+            sum(t.user_attrs["params"] >= budget / 2 for t in drawn) / len(drawn) if drawn else 0.0
+        ),
+        rejected_share=len(rejected) / len(drawn) if drawn else 0.0,
+        best=best,
+    )
+
+
+def trial_line(t: FrozenTrial, budget: int) -> str:
+    """One log line for a finished trial."""
+    params = t.user_attrs.get("params")
+    size = f"{format_count(params):>6} ({params / budget:4.0%})" if params else " " * 13
+    status = t.user_attrs.get("status", t.state.name.lower())
+    value = f"{t.value:.4f}" if t.value is not None else "  -   "
+    seconds = t.user_attrs.get("train_seconds")
+    took = f"{seconds:6.1f}s" if seconds is not None else " " * 7
+    return f"trial {t.number:>4}  {value}  {size}  {took}  {status}"

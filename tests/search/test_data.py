@@ -1,0 +1,265 @@
+from __future__ import annotations
+
+import os
+import urllib.error
+
+import pytest
+import torch
+
+import search.data as data_module
+from search.data import batches, first_per_class, load_dataset, split_validation
+from space.errors import UserError
+from tests.images import CLASSES, make_image_folder, make_tarball
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_image_folder(tmp_path / "tiny")
+
+
+def load(source, tmp_path, **kwargs):
+    kwargs.setdefault("val_size", 6)
+    return load_dataset(source, cache_dir=tmp_path / "cache", **kwargs)
+
+
+def test_image_folder_loads_as_uint8_tensors(folder, tmp_path) -> None:
+    ds = load(folder, tmp_path)
+    assert ds.classes == CLASSES
+    assert ds.train.images.dtype == torch.uint8
+    assert ds.train.images.shape == (60 - 6, 3, 16, 16)
+    assert ds.test.images.shape == (18, 3, 16, 16)
+    assert ds.val is not None and len(ds.val) == 6
+    assert ds.test.labels.tolist() == [0] * 6 + [1] * 6 + [2] * 6
+    assert ds.num_classes == 3 and ds.in_channels == 3 and ds.image_size == (16, 16)
+    # Class 0 is red: its mean red channel is far above blue.
+    red = ds.test.images[ds.test.labels == 0].float().mean((0, 2, 3))
+    assert red[0] > red[2] + 100
+
+
+def test_second_load_comes_from_the_cache(folder, tmp_path, monkeypatch) -> None:
+    first = load(folder, tmp_path)
+    assert len(list((tmp_path / "cache").glob("tiny-*.pt"))) == 1
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(data_module, "_decode_files", no_decoding)
+    second = load(folder, tmp_path)
+    assert torch.equal(first.train.images, second.train.images)
+    assert first.mean == second.mean
+
+
+def test_changed_folder_is_read_again(folder, tmp_path) -> None:
+    before = load(folder, tmp_path)
+    extra = folder / "train" / "bee" / "9999.png"
+    (folder / "train" / "bee" / "0000.png").rename(extra)
+    (folder / "train" / "bee" / "0001.png").unlink()
+    after = load(folder, tmp_path)
+    assert len(after.train) == len(before.train) - 1
+
+
+def test_cache_beside_the_data_by_default(folder) -> None:
+    load_dataset(folder, val_size=0)
+    assert len(list((folder.parent / ".nas-cache").glob("tiny-*.pt"))) == 1
+
+
+@pytest.mark.parametrize(("name", "top"), [("t.tar", None), ("t.tar.gz", "cifar"), ("t.tgz", "x")])
+def test_tarball_equals_folder(folder, tmp_path, name, top) -> None:
+    tarball = make_tarball(folder, tmp_path / name, top=top)
+    a, b = load(folder, tmp_path), load(tarball, tmp_path)
+    assert a.classes == b.classes
+    assert torch.equal(a.train.images, b.train.images)
+    assert torch.equal(a.test.labels, b.test.labels)
+    assert b.name == "t"
+
+
+def test_validation_split_is_balanced_disjoint_and_stable(tmp_path) -> None:
+    root = make_image_folder(tmp_path / "d", train_per_class=30)
+    full = load(root, tmp_path, val_size=0).train
+    a = load(root, tmp_path, val_size=10, seed=3)
+    b = load(root, tmp_path, val_size=10, seed=3)
+    c = load(root, tmp_path, val_size=10, seed=4)
+    assert torch.equal(a.val.images, b.val.images)
+    assert not torch.equal(a.val.images, c.val.images)
+    # 10 over 3 classes: 4, 3, 3.
+    assert torch.bincount(a.val.labels).tolist() == [4, 3, 3]
+    # Disjoint, and together exactly the training set.
+    rows = {tuple(x.flatten().tolist()) for x in full.images}
+    train_rows = {tuple(x.flatten().tolist()) for x in a.train.images}
+    val_rows = {tuple(x.flatten().tolist()) for x in a.val.images}
+    assert train_rows.isdisjoint(val_rows)
+    assert train_rows | val_rows == rows and len(a.train) + len(a.val) == len(full)
+
+
+def test_validation_split_must_leave_training_images() -> None:
+    images = torch.zeros(6, 3, 4, 4, dtype=torch.uint8)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    with pytest.raises(UserError, match="at least one must be left"):
+        split_validation(data_module.ImageSet(images, labels), ("a", "b"), val_size=6, seed=0)
+
+
+def test_subset_keeps_the_first_images_of_each_class(folder, tmp_path) -> None:
+    full = load(folder, tmp_path)
+    small = load(folder, tmp_path, subset=5)
+    assert torch.bincount(small.train.labels).tolist() == [5, 5, 5]
+    expected = first_per_class(full.train, 3, 5)
+    assert torch.equal(small.train.images, expected.images)
+    for c in range(3):
+        assert torch.equal(
+            small.train.images[small.train.labels == c],
+            full.train.images[full.train.labels == c][:5],
+        )
+
+
+def test_resize_when_asked_and_sizes_must_agree_otherwise(tmp_path) -> None:
+    root = make_image_folder(tmp_path / "d", size=16)
+    make_image_folder(tmp_path / "other", size=20, classes=("ant",), test_per_class=0)
+    odd = tmp_path / "other" / "train" / "ant" / "0000.png"
+    odd.rename(root / "train" / "ant" / "big.png")
+    with pytest.raises(UserError, match=r"big\.png: image is 20x20 but .* is 16x16"):
+        load(root, tmp_path)
+    ds = load(root, tmp_path, image_size=12)
+    assert ds.train.images.shape[1:] == (3, 12, 12)
+
+
+def test_jpeg_and_uppercase_suffixes(tmp_path) -> None:
+    root = make_image_folder(tmp_path / "j", suffix=".JPG")
+    assert len(load(root, tmp_path, val_size=0).train) == 60
+
+
+# -- bad data: one line naming the file or folder ---------------------------------------------
+
+
+def _bad(tmp_path, build) -> str:
+    source = build(tmp_path)
+    with pytest.raises(UserError) as info:
+        load_dataset(source, cache_dir=tmp_path / "cache", val_size=0)
+    message = str(info.value)
+    assert "\n" not in message
+    assert not (tmp_path / "cache").exists()  # nothing written for bad data
+    return message
+
+
+def test_missing_folder(tmp_path) -> None:
+    assert "no such file or folder" in _bad(tmp_path, lambda p: p / "nope")
+
+
+def test_no_classes(tmp_path) -> None:
+    def build(p):
+        (p / "d" / "train").mkdir(parents=True)
+        (p / "d" / "test").mkdir()
+        return p / "d"
+
+    assert "train: no class folders" in _bad(tmp_path, build)
+
+
+def test_no_test_folder(tmp_path) -> None:
+    def build(p):
+        root = make_image_folder(p / "d")
+        for f in (root / "test").rglob("*.png"):
+            f.unlink()
+        for d in sorted((root / "test").iterdir()):
+            d.rmdir()
+        (root / "test").rmdir()
+        return root
+
+    assert "no test/ folder" in _bad(tmp_path, build)
+
+
+def test_empty_class(tmp_path) -> None:
+    def build(p):
+        root = make_image_folder(p / "d")
+        for f in (root / "train" / "bee").iterdir():
+            f.unlink()
+        return root
+
+    message = _bad(tmp_path, build)
+    assert "train/bee" in message and "no images" in message
+
+
+def test_class_lists_differ(tmp_path) -> None:
+    def build(p):
+        root = make_image_folder(p / "d")
+        (root / "test" / "cat").rename(root / "test" / "dog")
+        return root
+
+    message = _bad(tmp_path, build)
+    assert "different classes" in message and "'cat'" in message and "'dog'" in message
+
+
+def test_single_class(tmp_path) -> None:
+    message = _bad(tmp_path, lambda p: make_image_folder(p / "d", classes=("ant",)))
+    assert "at least 2" in message
+
+
+def test_corrupt_image(tmp_path) -> None:
+    def build(p):
+        root = make_image_folder(p / "d")
+        (root / "train" / "cat" / "0003.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+        return root
+
+    message = _bad(tmp_path, build)
+    assert "0003.png: cannot decode the image" in message
+
+
+def test_corrupt_tarball(tmp_path) -> None:
+    def build(p):
+        tarball = make_tarball(make_image_folder(p / "d"), p / "d.tar.gz")
+        tarball.write_bytes(tarball.read_bytes()[: tarball.stat().st_size // 2])
+        return tarball
+
+    assert "cannot read the tarball" in _bad(tmp_path, build)
+
+
+def test_tarball_without_images(tmp_path) -> None:
+    def build(p):
+        (p / "junk").mkdir()
+        (p / "junk" / "readme.txt").write_text("hello")
+        return make_tarball(p / "junk", p / "junk.tar")
+
+    assert "no images under train/<class>/" in _bad(tmp_path, build)
+
+
+def test_not_a_dataset_file(tmp_path) -> None:
+    def build(p):
+        (p / "x.csv").write_text("a,b\n")
+        return p / "x.csv"
+
+    assert "not a folder or a .tar" in _bad(tmp_path, build)
+
+
+def test_cifar_download_failure_says_how_to_point_at_a_local_copy(tmp_path, monkeypatch) -> None:
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(UserError) as info:
+        load_dataset("cifar10", cache_dir=tmp_path)
+    message = str(info.value)
+    assert "cannot get CIFAR-10" in message and "Name or service not known" in message
+    assert "--data" in message
+
+
+def test_bad_arguments(folder, tmp_path) -> None:
+    for kwargs, fragment in [
+        ({"val_size": -1}, "val_size"),
+        ({"subset": 0}, "subset"),
+        ({"image_size": 0}, "image_size"),
+    ]:
+        with pytest.raises(UserError, match=fragment):
+            load(folder, tmp_path, **kwargs)
+
+
+def test_batches_cover_an_epoch_once() -> None:
+    g = torch.Generator().manual_seed(0)
+    seen = torch.cat(list(batches(103, 10, generator=g, device=torch.device("cpu"))))
+    assert len(seen) == 100 and len(set(seen.tolist())) == 100
+    assert [len(b) for b in batches(7, 10, generator=g, device=torch.device("cpu"))] == [7]
+
+
+def test_cache_is_not_world_unreadable(folder, tmp_path) -> None:
+    load(folder, tmp_path)
+    cache = next((tmp_path / "cache").glob("*.pt"))
+    assert os.stat(cache).st_mode & 0o044

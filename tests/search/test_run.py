@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import search.study
+from search import provenance
+from search.run import main as run_main
+from space import Genotype, count_params
+from space.searchspace import SearchSpace, sample
+from tests.conftest import ROOT
+from tests.search.searchkit import search_args, tiny_space
+
+
+def load(tmp_path, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/results/{name}.db")
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def test_four_trial_search_end_to_end(tmp_path, capsys) -> None:
+    assert run_main(search_args(tmp_path)) == 0
+    out = capsys.readouterr().out
+    study = load(tmp_path)
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    # The study records what it is about; every trial records enough to rebuild it.
+    settings = study.user_attrs["settings"]
+    assert settings["budget"] == 20_000 and settings["train"]["epochs"] == 2
+    assert study.user_attrs["dataset"]["classes"] == ["ant", "bee", "cat"]
+    assert study.user_attrs["version"]
+    for t in trials:
+        g = Genotype.from_dict(t.user_attrs["genotype"])
+        assert g.key() == t.user_attrs["key"]
+        assert count_params(g, num_classes=3) == t.user_attrs["params"] <= 20_000
+        assert t.constraints == {"params_over_budget": t.user_attrs["params"] - 20_000}
+        if "duplicate_of" not in t.user_attrs:
+            assert len(t.user_attrs["curve"]) == t.user_attrs["epochs_run"] >= 1
+            assert list(t.intermediate_values) == list(range(1, t.user_attrs["epochs_run"] + 1))
+            assert t.user_attrs["train_seconds"] > 0 and t.user_attrs["images_per_s"] > 0
+            assert t.user_attrs["device"].startswith("cpu")
+        assert t.user_attrs["worker"]["pid"] == os.getpid()
+    # One line per trial, then the summary with the top table and the dashboard command.
+    assert sum(line.startswith("trial ") for line in out.splitlines()) == 4
+    assert "top trials" in out and "optuna-dashboard sqlite:///results/tiny.db" in out
+    assert "use at least half of the 20k budget" in out and "trials/hour" in out
+
+
+def test_rejected_candidates_cost_no_training(tmp_path, monkeypatch, capsys) -> None:
+    # Without fitting, wide shapes overshoot a 20k budget and must be rejected untrained.
+    tiny_space(tmp_path / "space.toml", fit_to_budget=False, base_width=[8, 64])
+    built, trained = [], []
+    real_build, real_fit = search.study.build, search.study.fit
+    monkeypatch.setattr(search.study, "build", lambda g, **k: built.append(g) or real_build(g, **k))
+    monkeypatch.setattr(search.study, "fit", lambda *a, **k: trained.append(1) or real_fit(*a, **k))
+    assert run_main(search_args(tmp_path, "--trials", "8", "--seed", "3")) == 0
+    trials = load(tmp_path).get_trials()
+    rejected = [t for t in trials if t.user_attrs["status"].startswith("rejected")]
+    kept = [t for t in trials if t not in rejected]
+    assert rejected and kept, "the seed should give both kinds"
+    for t in rejected:
+        assert t.state == TrialState.PRUNED
+        assert t.user_attrs["params"] > 20_000
+        assert t.constraints["params_over_budget"] == t.user_attrs["params"] - 20_000
+        assert "over budget" in t.user_attrs["status"] and not t.intermediate_values
+    trained_keys = {g.key() for g in built}
+    assert all(t.user_attrs["key"] not in trained_keys for t in rejected)
+    assert len(built) == len(trained) == sum("duplicate_of" not in t.user_attrs for t in kept)
+    assert "rejected over budget" in capsys.readouterr().out
+
+
+def test_resume_keeps_trials_and_continues_numbering(tmp_path) -> None:
+    assert run_main(search_args(tmp_path, trials=2)) == 0
+    first = {t.number: (t.state, t.value, t.user_attrs["key"]) for t in load(tmp_path).trials}
+    assert run_main(search_args(tmp_path, trials=4)) == 0
+    trials = load(tmp_path).trials
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert {t.number: (t.state, t.value, t.user_attrs["key"]) for t in trials[:2]} == first
+    # Asking again for the same total runs nothing.
+    assert run_main(search_args(tmp_path, trials=4)) == 0
+    assert len(load(tmp_path).trials) == 4
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, capsys) -> None:
+    assert run_main(search_args(tmp_path, trials=1)) == 0
+    capsys.readouterr()
+    assert run_main(search_args(tmp_path, "--epochs", "3", trials=2)) == 2
+    err = capsys.readouterr().err
+    assert "epochs: 2 in the study, 3 now" in err and len(err.splitlines()) == 1
+    assert len(load(tmp_path).trials) == 1
+
+
+def test_stale_running_trial_is_failed_and_retried_once(tmp_path) -> None:
+    assert run_main(search_args(tmp_path, trials=1)) == 0
+    study = load(tmp_path)
+    # A worker that drew its candidate and died: the trial stays RUNNING with a dead pid.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = study.ask()
+    sample(stale, SearchSpace.load(tmp_path / "space.toml"), budget=20_000, num_classes=3)
+    stale.set_user_attr("worker", {"host": provenance.host(), "pid": dead.pid, "start": None})
+    sampled = load(tmp_path).trials[1].params
+    assert run_main(search_args(tmp_path, trials=3)) == 0
+    trials = load(tmp_path).trials
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert [t.number for t in failed] == [1]
+    assert "worker stopped" in failed[0].user_attrs["status"]
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
+    assert len(retried) == 1 and retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert retried[0].params == sampled  # the same candidate, run again
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 3
+
+
+def test_two_workers_on_a_journal_file(tmp_path) -> None:
+    journal = tmp_path / "results" / "tiny.journal"
+    args = search_args(tmp_path, "--workers", "2", "--storage", f"journal:///{journal}", trials=6)
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.run", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))
+    )
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 6 == len(trials)
+    assert len({t.number for t in finished}) == 6
+    assert len({t.user_attrs["worker"]["pid"] for t in finished}) == 2  # both did work
+    assert proc.stdout.count("\ntrial ") + proc.stdout.startswith("trial ") == 6
+
+
+def test_sqlite_with_several_workers_is_refused(tmp_path, capsys) -> None:
+    assert run_main(search_args(tmp_path, "--workers", "2")) == 2
+    err = capsys.readouterr().err
+    assert "SQLite takes one writer" in err and "journal:///" in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_presets_load() -> None:
+    from search.run import build_parser, resolve
+
+    for name in ("budget-400k", "budget-5m", "cpu-smoke"):
+        plan = resolve(
+            build_parser().parse_args(["--config", str(ROOT / "configs" / f"{name}.toml")])
+        )
+        assert plan.budget in (400_000, 5_000_000, 100_000)
+        assert plan.train.epochs >= 1

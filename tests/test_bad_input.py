@@ -1,0 +1,307 @@
+"""Bad input, every command: exit code 2, a line or two on stderr naming what is wrong and what
+is expected, no traceback, and nothing created or changed.
+
+Each case runs in an empty working folder; the inputs it needs (a corrupt tarball, a config with
+an unknown key...) are made in a separate folder first, and neither folder may change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from tests.images import make_image_folder, make_tarball
+from tests.search.searchkit import tiny_space
+
+RESNET20 = ROOT / "configs" / "reference" / "resnet20.toml"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    module: str  # the command: python -m <module>
+    args: Callable[[Path], list[str]]  # given the inputs folder
+    expect: str  # a fragment of the one-line message
+
+
+def search(*extra: str) -> Callable[[Path], list[str]]:
+    def args(inputs: Path) -> list[str]:
+        return [
+            "--data",
+            str(inputs / "data"),
+            "--space",
+            str(inputs / "space.toml"),
+            "--budget",
+            "20k",
+            "--trials",
+            "2",
+            "--epochs",
+            "1",
+            "--val-size",
+            "6",
+            "--device",
+            "cpu",
+            "--no-progress",
+            *extra,
+        ]
+
+    return args
+
+
+def with_input(name: str) -> Callable[[Path], str]:
+    return lambda inputs: str(inputs / name)
+
+
+def search_with(*extra: str | Callable[[Path], str]) -> Callable[[Path], list[str]]:
+    """Search flags whose values may depend on the inputs folder."""
+    return lambda inputs: search()(inputs) + [e(inputs) if callable(e) else e for e in extra]
+
+
+def train_with(*extra: str | Callable[[Path], str]) -> Callable[[Path], list[str]]:
+    return lambda inputs: [
+        str(RESNET20),
+        "--data",
+        str(inputs / "data"),
+        "--epochs",
+        "1",
+        "--val-size",
+        "6",
+        "--device",
+        "cpu",
+        "--no-progress",
+        *[e(inputs) if callable(e) else e for e in extra],
+    ]
+
+
+CASES = [
+    # budgets
+    Case("run-budget-abc", "search.run", search("--budget", "abc"), "budget must be a number"),
+    Case("run-budget-negative", "search.run", search("--budget=-5"), "positive number"),
+    Case("run-budget-zero", "search.run", search("--budget", "0"), "positive number"),
+    Case("run-budget-absurd", "search.run", search("--budget", "1e30"), "at most 1e10"),
+    Case(
+        "budget-cmd-bad-budget",
+        "space.budget",
+        lambda i: [str(RESNET20), "--budget", "5X"],
+        "budget must be",
+    ),
+    # counts and ranges
+    Case(
+        "run-trials-zero", "search.run", search("--trials", "0"), "trials must be an integer >= 1"
+    ),
+    Case(
+        "run-epochs-zero", "search.run", search("--epochs", "0"), "epochs must be an integer >= 1"
+    ),
+    Case("run-trials-not-int", "search.run", search("--trials", "ten"), "invalid int value"),
+    Case("run-timeout-negative", "search.run", search("--timeout=-1"), "timeout must be > 0"),
+    Case("run-study-name-path", "search.run", search("--study-name", "a/b"), "study_name must be"),
+    Case("run-unknown-space", "search.run", search("--space", "nope"), "no such preset"),
+    Case("train-epochs-zero", "search.train", train_with("--epochs", "0"), "epochs must be"),
+    # config files
+    Case(
+        "run-config-missing",
+        "search.run",
+        search_with("--config", with_input("none.toml")),
+        "none.toml: no such file",
+    ),
+    Case(
+        "run-config-syntax",
+        "search.run",
+        search_with("--config", with_input("syntax.toml")),
+        "TOML syntax error",
+    ),
+    Case(
+        "run-config-unknown-key",
+        "search.run",
+        search_with("--config", with_input("unknown-key.toml")),
+        "unknown key 'colour'",
+    ),
+    Case(
+        "run-config-unknown-table",
+        "search.run",
+        search_with("--config", with_input("unknown-table.toml")),
+        "unknown table or key 'model'",
+    ),
+    Case(
+        "run-config-wrong-type",
+        "search.run",
+        search_with("--config", with_input("wrong-type.toml")),
+        "trials must be an integer",
+    ),
+    Case(
+        "run-config-out-of-range",
+        "search.run",
+        search_with("--config", with_input("out-of-range.toml")),
+        "lr must be a number >= 0",
+    ),
+    Case(
+        "run-space-unknown-choice",
+        "search.run",
+        search_with("--space", with_input("bad-space.toml")),
+        "unknown choice 'colour'",
+    ),
+    Case(
+        "budget-cmd-unknown-key",
+        "space.budget",
+        lambda i: [str(i / "arch-unknown-key.toml"), "--budget", "5M"],
+        "unknown key 'colour'",
+    ),
+    Case(
+        "budget-cmd-invalid-value",
+        "space.budget",
+        lambda i: [str(i / "arch-depth-zero.toml"), "--budget", "5M"],
+        "stages[0].depth",
+    ),
+    Case(
+        "train-arch-missing",
+        "search.train",
+        lambda i: [str(i / "none.toml"), "--data", "x"],
+        "no such file",
+    ),
+    # data
+    Case(
+        "run-data-missing",
+        "search.run",
+        search_with("--data", with_input("nowhere")),
+        "no such file or folder",
+    ),
+    Case(
+        "run-data-empty-folder",
+        "search.run",
+        search_with("--data", with_input("empty")),
+        "no train/ folder",
+    ),
+    Case(
+        "run-data-wrong-layout",
+        "search.run",
+        search_with("--data", with_input("flat")),
+        "no train/ folder",
+    ),
+    Case(
+        "run-data-corrupt-image",
+        "search.run",
+        search_with("--data", with_input("corrupt")),
+        "cannot decode the image",
+    ),
+    Case(
+        "run-data-corrupt-tarball",
+        "search.run",
+        search_with("--data", with_input("broken.tar.gz")),
+        "cannot read the tarball",
+    ),
+    Case(
+        "train-data-missing",
+        "search.train",
+        train_with("--data", with_input("nowhere")),
+        "no such file or folder",
+    ),
+    # storage
+    Case(
+        "run-storage-malformed",
+        "search.run",
+        search("--storage", "mysql://x/y"),
+        "--storage must be sqlite:///",
+    ),
+    Case("run-storage-no-file", "search.run", search("--storage", "sqlite:///"), "names no file"),
+    Case(
+        "run-storage-unreachable",
+        "search.run",
+        search("--storage", "postgresql+psycopg://nas:secret@127.0.0.1:9/nas"),
+        "cannot connect",
+    ),
+    Case(
+        "run-sqlite-two-workers", "search.run", search("--workers", "2"), "SQLite takes one writer"
+    ),
+    # devices and folders
+    Case("run-device-unknown", "search.run", search("--device", "tpu"), "--device must be auto"),
+    Case(
+        "train-device-unknown", "search.train", train_with("--device", "gpu0"), "--device must be"
+    ),
+    Case(
+        "run-results-unwritable",
+        "search.run",
+        search("--results", "/proc/nas-results"),
+        "cannot write there",
+    ),
+    Case(
+        "train-out-unwritable",
+        "search.train",
+        train_with("--out", "/proc/nas-out"),
+        "cannot write there",
+    ),
+]
+if not torch.cuda.is_available():
+    CASES.append(
+        Case(
+            "run-device-cuda-without-gpu",
+            "search.run",
+            search("--device", "cuda"),
+            "no CUDA GPU is visible",
+        )
+    )
+
+
+def make_inputs(root: Path) -> Path:
+    make_image_folder(root / "data", train_per_class=10, test_per_class=2, size=8)
+    tiny_space(root / "space.toml")
+    tiny_space(root / "bad-space.toml", colour=[1])
+    (root / "syntax.toml").write_text("[search\nbudget = 1\n")
+    (root / "unknown-key.toml").write_text("[search]\ncolour = 'red'\n")
+    (root / "unknown-table.toml").write_text("[model]\nwidth = 3\n")
+    (root / "wrong-type.toml").write_text("[search]\ntrials = 'many'\n")
+    (root / "out-of-range.toml").write_text("[train]\nlr = -0.1\n")
+    text = RESNET20.read_text()
+    (root / "arch-unknown-key.toml").write_text("colour = 1\n" + text)
+    (root / "arch-depth-zero.toml").write_text(text.replace("depth = 3", "depth = 0", 1))
+    (root / "empty").mkdir()
+    flat = root / "flat"
+    flat.mkdir()
+    (flat / "a.png").write_bytes((root / "data" / "train" / "ant" / "0000.png").read_bytes())
+    corrupt = make_image_folder(root / "corrupt", train_per_class=4, test_per_class=1, size=8)
+    (corrupt / "train" / "bee" / "0002.png").write_bytes(b"not an image")
+    tarball = make_tarball(root / "data", root / "broken.tar.gz")
+    tarball.write_bytes(tarball.read_bytes()[:200])
+    return root
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    return make_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.is_file()
+        else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def run_module(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, inputs: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    before = snapshot(inputs)
+    proc = run_module(case.module, case.args(inputs), work)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= 3, proc.stderr
+    assert case.expect in proc.stderr, proc.stderr
+    assert list(work.iterdir()) == [], "created files in the working folder"
+    assert snapshot(inputs) == before, "changed the inputs"
