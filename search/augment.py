@@ -12,6 +12,7 @@ generator on the host, so no step waits on the GPU.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,9 +32,18 @@ class Normalization:
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) floats in [0, 1] -> zero mean, unit variance per channel."""
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        mean = _channel_constant(self.mean, x.device, x.dtype)
+        std = _channel_constant(self.std, x.device, x.dtype)
         return (x - mean) / std
+
+
+@functools.lru_cache(maxsize=64)
+def _channel_constant(
+    values: tuple[float, ...], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """(1, C, 1, 1) tensor of ``values``, made once per device: building it from Python floats
+    on every step would copy from the host, and on CUDA that copy waits for the GPU."""
+    return torch.tensor(values, device=device, dtype=dtype).view(1, -1, 1, 1)
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:

@@ -6,6 +6,7 @@ import datetime as dt
 import platform
 import socket
 import sys
+from importlib import metadata
 
 import torch
 
@@ -13,16 +14,21 @@ import search
 
 
 def versions() -> dict[str, str]:
-    import optuna
-    import torchvision
-
+    # From the installed metadata: importing torchvision just to read its version costs seconds.
     return {
         "budget_nas": search.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "optuna": optuna.__version__,
+        "torchvision": _installed("torchvision"),
+        "optuna": _installed("optuna"),
     }
+
+
+def _installed(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def device_name(device: torch.device) -> str:
@@ -41,4 +47,8 @@ def now() -> str:
 
 
 def command_line() -> str:
-    return " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv])
+    """How this process was started, with any database password replaced by ***."""
+    from search.storage import redact
+
+    words = [sys.executable.rsplit("/", 1)[-1], *sys.argv]
+    return " ".join(redact(w) if "://" in w else w for w in words)

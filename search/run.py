@@ -13,8 +13,9 @@ failed; run the command again to continue).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import dataclasses
-import logging
 import os
 import signal
 import subprocess
@@ -29,6 +30,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from search.artifacts import artifact_dir, upload_trial_artifacts
 from search.config import DataConfig, configure_torch, load_sections, merge, resolve_device
 from search.data import Dataset, load_dataset
 from search.storage import (
@@ -39,6 +41,7 @@ from search.storage import (
     parse_storage,
 )
 from search.study import (
+    STOP,
     Context,
     SearchConfig,
     SearchSettings,
@@ -46,6 +49,7 @@ from search.study import (
     count_active,
     dataset_label,
     fail_stale_trials,
+    fingerprint,
     make_sampler,
     open_study,
     resolve_space,
@@ -180,7 +184,9 @@ def resolve(args: argparse.Namespace) -> Plan:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Our own line per trial says how each ended; Optuna's warnings would repeat it with a
+    # traceback (an out-of-memory trial, say).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     child = args.worker_index is not None
     progress = not args.no_progress and not child
@@ -201,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             budget=plan.budget,
             space=plan.space,
             data=plan.data,
+            dataset=fingerprint(dataset),
             train=plan.train,
             min_epochs=plan.search.min_epochs,
             reduction_factor=plan.search.reduction_factor,
@@ -210,11 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    STOP.clear()
+    signal.signal(signal.SIGINT, _first_interrupt)
+    signal.signal(signal.SIGTERM, _first_interrupt)
     deadline = time.time() + plan.search.timeout if plan.search.timeout else None
     if not child:
-        logging.getLogger("optuna").setLevel(logging.WARNING)
         stale = fail_stale_trials(study, grace=plan.search.grace)
-        print(f"study   {plan.study_name} in {plan.storage_url}")
+        print(f"study   {plan.study_name} in {spec.display}")
         print(f"budget  {plan.budget:,} parameters; space {plan.space.name!r}")
         print(f"data    {dataset.describe()}")
         print(
@@ -234,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             stopped = _run_worker(
                 plan,
+                settings,
                 study,
                 spec,
                 storage,
@@ -244,8 +254,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 quiet=child,
             )
     except KeyboardInterrupt:
-        # A second Ctrl-C while we tidy up exits at once.
-        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
         if not child:
             print(
                 "\ninterrupted: the running trial is marked failed; run the same command "
@@ -263,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_worker(
     plan: Plan,
+    settings: SearchSettings,
     study: optuna.Study,
     spec: StorageSpec,
     storage: optuna.storages.BaseStorage,
@@ -282,14 +291,7 @@ def _run_worker(
     )
     ctx = Context(
         study=study,
-        settings=SearchSettings(
-            budget=plan.budget,
-            space=plan.space,
-            data=plan.data,
-            train=plan.train,
-            min_epochs=plan.search.min_epochs,
-            reduction_factor=plan.search.reduction_factor,
-        ),
+        settings=settings,
         dataset=on_device,
         device=plan.device,
         seed=plan.search.seed,
@@ -298,7 +300,23 @@ def _run_worker(
     lock = ClaimLock(spec, storage, plan.study_name)
     bar = _trial_bar(plan, study, disable=quiet or not progress)
 
+    artifacts = artifact_dir(Path(plan.search.results), plan.study_name)
+
     def on_trial(t: FrozenTrial) -> None:
+        try:  # the learning curve and network summary that optuna-dashboard shows per trial
+            upload_trial_artifacts(
+                study,
+                t,
+                artifact_dir=artifacts,
+                num_classes=dataset.num_classes,
+                image_size=dataset.image_size,
+                in_channels=dataset.in_channels,
+            )
+        except Exception as exc:  # a figure must not stop a search; search.report adds it later
+            print(
+                f"trial {t.number}: artifacts not saved ({type(exc).__name__}: {exc})",
+                file=sys.stderr,
+            )
         if quiet:
             return
         line = trial_line(t, plan.budget)
@@ -355,6 +373,9 @@ def _supervise(
         env = dict(os.environ)
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+        elif "OMP_NUM_THREADS" not in os.environ:
+            # CPU workers share the cores; oversubscribed OpenMP threads spin and crawl.
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // plan.search.workers))
         cmd = [
             sys.executable,
             "-m",
@@ -368,7 +389,11 @@ def _supervise(
         ]
         if plan.device.type == "cuda":
             cmd += ["--device", "cuda"]  # each child sees its one GPU as cuda:0
-        children.append(subprocess.Popen(cmd, env=env))
+        # Own session: a Ctrl-C at the terminal reaches this process only, which forwards one
+        # SIGINT to each worker, so no worker mistakes it for a second Ctrl-C.
+        children.append(
+            subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        )
     bar = _trial_bar(plan, study, disable=not progress)
     seen = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
     try:
@@ -383,9 +408,14 @@ def _supervise(
                 break
             time.sleep(1.0)
     except KeyboardInterrupt:
-        for c in children:  # they got the Ctrl-C too; give them a moment to tidy up
+        # A second Ctrl-C kills the workers outright; their trials are cleaned up next start.
+        signal.signal(signal.SIGINT, lambda *_: _kill_all(children))
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signal.SIGINT)
+        for c in children:
             try:
-                c.wait(timeout=30)
+                c.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 c.kill()
         raise
@@ -399,6 +429,34 @@ def _supervise(
     if deadline is not None and time.time() >= deadline:
         return "timeout"
     return f"workers exited with codes {codes}"
+
+
+def _die_with_parent() -> None:
+    """In a worker, before exec: get SIGTERM when the supervising process dies (Linux), so a
+    killed search leaves no orphan workers behind."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _kill_all(children: list[subprocess.Popen]) -> None:
+    for c in children:
+        c.kill()
+    os._exit(130)
+
+
+def _first_interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C (or SIGTERM from a scheduler): stop cleanly, the running trial marked failed.
+    From now on a second one exits at once; installed here, at the first signal, so that it
+    holds however deep in Optuna or the database the first one lands."""
+    signal.signal(signal.SIGINT, _exit_now)
+    signal.signal(signal.SIGTERM, _exit_now)
+    STOP.set()
+    raise KeyboardInterrupt
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    os._exit(130)
 
 
 def _visible_gpus() -> list[str]:
@@ -441,21 +499,22 @@ def _print_summary(plan: Plan, study: optuna.Study, before: set[int], started: f
                 f"{t.user_attrs['budget_share']:6.1%}  {minutes:5.1f}  {t.user_attrs['key']}"
             )
     spec = parse_storage(plan.storage_url)
-    print(f"\nstudy stored in {plan.storage_url}")
+    print(f"\nstudy stored in {spec.display}")
     print(f"dashboard: optuna-dashboard {spec.dashboard_target}")
     print(
-        f"retrain the best: python -m search.retrain --storage {plan.storage_url} "
+        f"retrain the best: python -m search.retrain --storage {spec.display} "
         f"--study-name {plan.study_name} --top 3"
     )
 
 
 def _overhead_share(trials: list[FrozenTrial]) -> float | None:
-    """Share of trial wall time spent outside training (sampling, checks, storage, eval)."""
+    """Share of trial wall time spent outside the training epochs (sampling, budget check,
+    storage, model build); rejected and duplicate trials, which train nothing, count whole."""
     wall = train = 0.0
     for t in trials:
-        if t.datetime_start and t.datetime_complete and "train_seconds" in t.user_attrs:
+        if t.datetime_start and t.datetime_complete:
             wall += (t.datetime_complete - t.datetime_start).total_seconds()
-            train += t.user_attrs["train_seconds"]
+            train += t.user_attrs.get("train_seconds", 0.0)
     return (wall - train) / wall if wall > 0 else None
 
 

@@ -14,9 +14,12 @@ a PostgreSQL advisory lock on the server.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
+import sqlite3
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -49,8 +52,13 @@ class StorageSpec:
 
     @property
     def dashboard_target(self) -> str:
-        """What to pass to ``optuna-dashboard``."""
-        return str(self.path) if self.kind == "journal" else self.url
+        """What to pass to ``optuna-dashboard`` (the password left out)."""
+        return str(self.path) if self.kind == "journal" else redact(self.url)
+
+    @property
+    def display(self) -> str:
+        """The URL to print or record: a password is replaced by ***."""
+        return redact(self.url)
 
 
 def parse_storage(url: str) -> StorageSpec:
@@ -86,10 +94,10 @@ def check_storage_location(spec: StorageSpec) -> None:
         with engine.connect():
             pass
     except ImportError as exc:
-        raise UserError(f"--storage {_redact(spec.url)}: {exc}") from None
+        raise UserError(f"--storage {redact(spec.url)}: {exc}") from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise UserError(
-            f"--storage {_redact(spec.url)}: cannot connect ({_reason(exc)}); is the server up "
+            f"--storage {redact(spec.url)}: cannot connect ({_reason(exc)}); is the server up "
             "and the database created?"
         ) from None
     finally:
@@ -118,31 +126,122 @@ def open_storage(spec: StorageSpec, *, heartbeat: int, grace: int) -> BaseStorag
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
-            return RDBStorage(
-                spec.url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat,
-                grace_period=grace,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-            )
+            with _schema_lock(spec):
+                return RDBStorage(
+                    spec.url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat,
+                    grace_period=grace,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                )
         except ImportError as exc:  # a driver the URL asks for is missing
-            raise UserError(f"--storage {spec.url!r}: {exc}") from None
+            raise UserError(f"--storage {redact(spec.url)}: {exc}") from None
         except Exception as exc:  # sqlalchemy.exc.OperationalError and friends
             if spec.kind == "postgresql":
                 raise UserError(
-                    f"--storage {_redact(spec.url)}: cannot connect ({_reason(exc)}); is the "
+                    f"--storage {redact(spec.url)}: cannot connect ({_reason(exc)}); is the "
                     "server up and the database created?"
                 ) from None
             raise
 
 
-def _redact(url: str) -> str:
+@contextlib.contextmanager
+def _schema_lock(spec: StorageSpec) -> Iterator[None]:
+    """On PostgreSQL, hold an advisory lock (one per database) while Optuna opens it.
+
+    Opening an empty database creates Optuna's tables, and two machines that start at once
+    would both create them: all but one then fail (duplicate key in ``pg_type``). SQLite is
+    opened by one process at a time anyway.
+    """
+    if spec.kind != "postgresql":
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(
+        spec.url, connect_args={"connect_timeout": 10}, poolclass=sqlalchemy.pool.NullPool
+    )
+    try:
+        with engine.connect() as connection:
+            # Autocommit: the lock belongs to the session, not to a transaction left open.
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            key = {"k": _lock_key("budget-nas: Optuna's tables")}
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), key)
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), key)
+    finally:
+        engine.dispose()
+
+
+def _lock_key(name: str) -> int:
+    """A PostgreSQL advisory-lock key (a signed 64-bit integer) for a name."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def redact(url: str) -> str:
     """The URL without its password."""
     scheme, _, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
     if at and ":" in credentials:
         credentials = credentials.split(":", 1)[0] + ":***"
     return f"{scheme}://{credentials}{at}{host}"
+
+
+def open_existing_storage(url: str) -> tuple[StorageSpec, optuna.storages.BaseStorage]:
+    """Open a storage that must already hold Optuna's records; creates and changes nothing
+    (Optuna itself would create a missing SQLite file and the tables of an empty database)."""
+    spec = parse_storage(url)
+    if spec.path is not None:
+        if not spec.path.is_file():
+            raise UserError(f"--storage {spec.display!r}: no such file {spec.path}")
+        if spec.kind == "sqlite":
+            _check_sqlite(spec)
+    else:
+        _check_database(spec)
+    try:
+        storage = open_storage(spec, heartbeat=30, grace=120)
+        optuna.study.get_all_study_names(storage)
+    except UserError:
+        raise
+    except Exception as exc:  # a corrupt file or a schema of another Optuna version
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(
+            f"--storage {spec.url!r}: cannot read it as an Optuna storage ({first})"
+        ) from None
+    return spec, storage
+
+
+def _check_sqlite(spec: StorageSpec) -> None:
+    assert spec.path is not None
+    uri = spec.path.resolve().as_uri() + "?mode=ro"  # read-only: opening creates nothing
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            rows = db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"--storage {spec.url!r}: not an SQLite database ({exc})") from None
+    if not {"studies", "trials"} <= {r[0] for r in rows}:
+        raise UserError(f"--storage {spec.url!r}: an SQLite file without Optuna's tables")
+
+
+def _check_database(spec: StorageSpec) -> None:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(spec.url, connect_args={"connect_timeout": 10})
+    try:
+        with engine.connect() as connection:
+            present = sqlalchemy.inspect(connection).has_table("studies")
+    except ImportError as exc:
+        raise UserError(f"--storage {redact(spec.url)}: {exc}") from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise UserError(
+            f"--storage {redact(spec.url)}: cannot connect ({_reason(exc)}); is the server up?"
+        ) from None
+    finally:
+        engine.dispose()
+    if not present:
+        raise UserError(f"--storage {redact(spec.url)}: the database holds no Optuna study")
 
 
 class ClaimLock:
@@ -162,8 +261,7 @@ class ClaimLock:
         else:
             assert isinstance(storage, RDBStorage)
             self._connection = storage.engine.connect()
-            digest = hashlib.sha256(study_name.encode()).digest()[:8]
-            self._key = int.from_bytes(digest, "big", signed=True)
+            self._key = _lock_key(study_name)
 
     def acquire(self) -> None:
         if self._file is not None:

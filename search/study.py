@@ -20,8 +20,10 @@ import dataclasses
 import gc
 import math
 import os
+import threading
 import time
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from typing import Any
 import optuna
 import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 import search
@@ -46,6 +49,16 @@ from space.searchspace import SearchSpace, sample
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 ACTIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 MAX_CONSECUTIVE_FAILURES = 3  # a worker whose trials keep failing stops instead of looping
+
+# Set by the entry point's Ctrl-C handler. The handler also raises KeyboardInterrupt, but Python
+# drops an exception raised while it runs a finalizer (``__del__``) or a callback, so the worker
+# checks this flag too, after every epoch and before every claim.
+STOP = threading.Event()
+
+
+def stop_if_asked() -> None:
+    if STOP.is_set():
+        raise KeyboardInterrupt
 
 
 class SearchConfigError(UserError, ValueError):
@@ -148,15 +161,20 @@ class SearchSettings:
     budget: int
     space: SearchSpace
     data: DataConfig
+    dataset: dict[str, Any]  # the data's fingerprint (see ``fingerprint``)
     train: TrainConfig
     min_epochs: int
     reduction_factor: int
 
     def record(self) -> dict[str, Any]:
+        # The data is compared by content, not by path: machines sharing a study may keep the
+        # same images in different places, or name the folder differently.
+        data = {k: v for k, v in dataclasses.asdict(self.data).items() if k != "source"}
         return {
             "budget": self.budget,
             "space": self.space.to_dict(),
-            "data": dataclasses.asdict(self.data),
+            "data": data,
+            "dataset": self.dataset,
             "train": self.train.to_dict(),
             "pruner": {
                 "kind": "hyperband",
@@ -165,6 +183,21 @@ class SearchSettings:
                 "reduction_factor": self.reduction_factor,
             },
         }
+
+
+def fingerprint(dataset: Dataset) -> dict[str, Any]:
+    """What identifies the data a study ranks on: classes, split sizes, image shape and pixel
+    statistics (rounded: two decodes of the same files agree to far more digits)."""
+    return {
+        "classes": list(dataset.classes),
+        "image_size": list(dataset.image_size),
+        "in_channels": dataset.in_channels,
+        "train_images": len(dataset.train),
+        "val_images": len(dataset.val) if dataset.val is not None else 0,
+        "test_images": len(dataset.test),
+        "mean": [round(m, 4) for m in dataset.mean],
+        "std": [round(s, 4) for s in dataset.std],
+    }
 
 
 def describe_dataset(dataset: Dataset) -> dict[str, Any]:
@@ -232,14 +265,19 @@ def _difference(a: Any, b: Any, where: str = "") -> str:
     return f"{where}: {a!r} in the study, {b!r} now"
 
 
+def host_salt() -> int:
+    """A number of this machine's name, so machines starting together draw different trials."""
+    return zlib.crc32(provenance.host().encode()) * 104_729
+
+
 def make_sampler(config: SearchConfig, *, existing: int, worker: int) -> optuna.samplers.TPESampler:
     """TPE, multivariate over the dynamic (per-stage) space, with constant liar for parallel
-    workers. The seed also depends on how many trials exist and which worker asks, so a resumed
-    run or a second worker does not repeat the first one's random start."""
+    workers. The seed also depends on how many trials exist, which worker asks and on which
+    machine, so a resumed run or another worker does not repeat the first one's random start."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
-            seed=config.seed * 1_000_003 + existing * 7919 + worker,
+            seed=(config.seed * 1_000_003 + existing * 7919 + worker + host_salt()) % 2**32,
             n_startup_trials=config.startup_trials,
             multivariate=True,
             group=True,
@@ -291,9 +329,9 @@ def objective(trial: optuna.Trial, ctx: Context) -> float:
 
     twin = find_twin(ctx.study, trial.number, g.key())
     if twin is not None:
-        for key in ("curve", "epochs_run", "train_seconds", "images_per_s", "device"):
-            if key in twin.user_attrs:
-                trial.set_user_attr(key, twin.user_attrs[key])
+        # Nothing is trained: the twin's curve is shown for plots, no training time is claimed.
+        if "curve" in twin.user_attrs:
+            trial.set_user_attr("curve", twin.user_attrs["curve"])
         trial.set_user_attr("duplicate_of", twin.number)
         if twin.state == TrialState.PRUNED:
             trial.set_user_attr("status", f"pruned: same genotype as trial {twin.number}")
@@ -306,6 +344,7 @@ def objective(trial: optuna.Trial, ctx: Context) -> float:
     epochs: list[EpochStats] = []
 
     def on_epoch(stats: EpochStats) -> None:
+        stop_if_asked()
         epochs.append(stats)
         assert stats.eval_acc is not None
         trial.report(stats.eval_acc, stats.epoch)
@@ -315,6 +354,7 @@ def objective(trial: optuna.Trial, ctx: Context) -> float:
 
     torch.manual_seed(train.seed)
     model = build(g, num_classes=ds.num_classes, in_channels=ds.in_channels)
+    out_of_memory = None
     try:
         fit(
             model,
@@ -336,15 +376,10 @@ def objective(trial: optuna.Trial, ctx: Context) -> float:
         trial.set_user_attr("status", f"pruned: diverged: {exc}")
         raise optuna.TrialPruned(f"diverged: {exc}") from None
     except torch.cuda.OutOfMemoryError as exc:
-        del model
-        gc.collect()
-        torch.cuda.empty_cache()
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
-        trial.set_user_attr("status", f"failed: CUDA out of memory ({first_line[:200]})")
-        raise
-    except KeyboardInterrupt:
-        trial.set_user_attr("status", "failed: interrupted (Ctrl-C)")
-        raise
+        # Keep only the message: the exception's traceback holds fit's frame, and with it the
+        # model, its gradients and the optimizer state; they are freed below, outside this block.
+        lines = str(exc).strip().splitlines()
+        out_of_memory = lines[0] if lines else "out of memory"
     finally:
         trial.set_user_attr("epochs_run", len(epochs))
         trial.set_user_attr("train_seconds", sum(e.seconds for e in epochs))
@@ -352,6 +387,13 @@ def objective(trial: optuna.Trial, ctx: Context) -> float:
         if epochs:
             trial.set_user_attr("curve", [e.eval_acc for e in epochs])
             trial.set_user_attr("images_per_s", sum(e.images_per_s for e in epochs) / len(epochs))
+    if out_of_memory is not None:
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        trial.set_user_attr("status", f"failed: CUDA out of memory ({out_of_memory[:200]})")
+        raise torch.cuda.OutOfMemoryError(out_of_memory)  # Optuna marks the trial failed
     trial.set_user_attr("status", f"complete: {len(epochs)} epochs")
     return epochs[-1].eval_acc  # type: ignore[return-value]
 
@@ -400,35 +442,43 @@ def fail_stale_trials(study: optuna.Study, *, grace: int) -> list[int]:
     """Fail the RUNNING trials whose worker is gone, and retry each once. Returns their numbers.
 
     A worker on this machine is gone when its pid no longer runs (or runs another program).
-    A RUNNING trial that never recorded its worker (killed within its first instant) is stale
-    once it is older than ``grace`` seconds. Workers on other machines are left to the
-    heartbeat of RDB storages (``optuna.storages.fail_stale_trials``).
+    A worker anywhere is gone when its heartbeat (RDB storages) has been silent for ``grace``
+    seconds. A RUNNING trial that never recorded its worker (killed within its first instant)
+    is stale once it is older than ``grace`` seconds.
     """
+    storage = study._storage
+    silent: set[int] = set()
+    if is_heartbeat_enabled(storage):
+        # Optuna's own fail_stale_trials would fail them before we could say why (a finished
+        # trial is read-only), so ask for the silent ones and fail them here, reason first.
+        silent = set(storage._get_stale_trial_ids(study._study_id))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # heartbeat-based; a no-op without heartbeats
         retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
     here = provenance.host()
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker")
-        if worker is None:
+        if t._trial_id in silent:
+            host = worker.get("host", "?") if worker else "?"
+            reason = f"failed: its worker on {host} stopped beating for more than {grace} s"
+        elif worker is None:
             age = time.time() - t.datetime_start.timestamp() if t.datetime_start else 0
-            stale = age > grace
+            if age <= grace:
+                continue
+            reason = "failed: its worker stopped before it recorded itself"
+        elif worker.get("host") == here and not _alive(worker["pid"], worker.get("start")):
+            reason = "failed: its worker stopped (killed or crashed)"
         else:
-            stale = worker.get("host") == here and not _alive(worker["pid"], worker.get("start"))
-        if not stale:
             continue
         try:
-            study._storage.set_trial_user_attr(
-                t._trial_id, "status", "failed: its worker stopped (killed or crashed)"
-            )
-            if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+            storage.set_trial_user_attr(t._trial_id, "status", reason)
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker got there first
         failed.append(t.number)
-        retry(study, study._storage.get_trial(t._trial_id))
+        retry(study, storage.get_trial(t._trial_id))
     return failed
 
 
@@ -467,7 +517,12 @@ def work(
 
     def claimed(trial: optuna.Trial) -> float:
         lock.release()
-        return objective(trial, ctx)
+        try:
+            return objective(trial, ctx)
+        except KeyboardInterrupt:
+            # Written before Optuna marks the trial failed: a finished trial is read-only.
+            trial.set_user_attr("status", "failed: interrupted (Ctrl-C)")
+            raise
 
     def after(study: optuna.Study, trial: FrozenTrial) -> None:
         (report.failed if trial.state == TrialState.FAIL else report.finished).append(trial.number)
@@ -475,6 +530,7 @@ def work(
             on_trial(trial)
 
     while True:
+        stop_if_asked()
         if deadline is not None and time.time() >= deadline:
             report.stopped = "timeout"
             break

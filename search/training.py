@@ -322,8 +322,7 @@ class _Ema:
         ema_params = list(self.model.parameters())
         params = [p.detach() for p in model.parameters()]
         torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)
-        for mine, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
-            mine.copy_(theirs)
+        torch._foreach_copy_(list(self.model.buffers()), list(model.buffers()))
 
 
 def _save_state(

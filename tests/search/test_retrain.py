@@ -1,0 +1,266 @@
+from __future__ import annotations
+
+import json
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+
+import search.experiment
+from search.checkpoint import load_model
+from search.export import export_onnx, export_torchscript
+from search.predict import main as predict_main
+from search.retrain import main as retrain_main
+from search.retrain import retrained_results, select_trials
+from search.run import main as run_main
+from space import Genotype
+from tests.conftest import ROOT
+from tests.images import make_image
+from tests.search.searchkit import search_args
+
+REFERENCE = ROOT / "configs" / "reference" / "mini-resnet.toml"
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A finished tiny study (4 trials) in its own folder."""
+    root = tmp_path_factory.mktemp("study")
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert run_main(search_args(root, trials=4)) == 0
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+def retrain_args(root, out, *extra: str) -> list[str]:
+    return [
+        "--storage",
+        f"sqlite:///{root}/results/tiny.db",
+        "--study-name",
+        "tiny",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--tta-views",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--no-export",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def study_of(root) -> optuna.Study:
+    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{root}/results/tiny.db")
+
+
+def test_retrain_best_trial_end_to_end(searched, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    code = retrain_main(
+        retrain_args(searched, out, "--top", "1", "--seeds", "2", "--arch", str(REFERENCE))
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    study = study_of(searched)
+    best = select_trials(study, 20_000, 1)[0]
+    folder = out / "retrain" / best.name
+    assert {p.name for p in folder.iterdir()} == {"seed-0", "seed-1", "summary.json"}
+    for seed in ("seed-0", "seed-1"):
+        names = {p.name for p in (folder / seed).iterdir()}
+        assert {
+            "model.safetensors",
+            "genotype.toml",
+            "config.json",
+            "metrics.json",
+            "history.csv",
+        } <= names
+        assert "state.pt" not in names
+        assert Genotype.load(folder / seed / "genotype.toml") == best.genotype
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["epochs"] == 2
+    accs = [r["test_acc"] for r in summary["runs"]]
+    assert summary["test_acc"] == pytest.approx(sum(accs) / 2)
+    # The leaderboard has the searched trial and the reference, with the budget.
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert set(board["source"]) == {"search", "reference"}
+    assert set(board["name"]) == {best.name, "mini-resnet"}
+    assert (board["budget"] == 20_000).all() and (board["seeds"] == 2).all()
+    for column in ("params", "test_acc", "test_acc_tta", "epochs", "train_minutes", "val_acc"):
+        assert column in board.columns
+    # Written back into the study, and shown in the terminal.
+    record = retrained_results(study)
+    assert record[best.trial]["test_acc"] == pytest.approx(summary["test_acc"])
+    assert "mini-resnet" in printed and "leaderboard" in printed
+
+
+def test_reference_arch_without_a_study(searched, tmp_path) -> None:
+    out = tmp_path / "refs"
+    args = [
+        "--arch",
+        str(REFERENCE),
+        "--data",
+        str(searched / "data"),
+        "--budget",
+        "400k",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--tta-views",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--no-export",
+        "--out",
+        str(out),
+    ]
+    assert retrain_main(args) == 0
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert board.loc[0, "name"] == "mini-resnet" and board.loc[0, "budget"] == 400_000
+
+
+def test_finished_model_is_not_trained_again(searched, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    assert retrain_main(retrain_args(searched, out)) == 0
+
+    def no_training(*a, **k):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(search.experiment, "fit", no_training)
+    assert retrain_main(retrain_args(searched, out)) == 0
+    with pytest.raises(AssertionError, match="trained again"):
+        retrain_main(retrain_args(searched, out, "--force"))
+
+
+def test_killed_retrain_resumes_to_the_same_result(searched, tmp_path, monkeypatch) -> None:
+    whole = tmp_path / "whole"
+    assert retrain_main(retrain_args(searched, whole, "--epochs", "3")) == 0
+    killed = tmp_path / "killed"
+    real_fit = search.experiment.fit
+
+    def fit_killed_after_two(*a, **k):
+        callback = k["on_epoch"]
+
+        def on_epoch(stats):
+            callback(stats)
+            if stats.epoch == 2:
+                raise KeyboardInterrupt
+
+        return real_fit(*a, **{**k, "on_epoch": on_epoch})
+
+    monkeypatch.setattr(search.experiment, "fit", fit_killed_after_two)
+    assert retrain_main(retrain_args(searched, killed, "--epochs", "3")) == 130
+    monkeypatch.setattr(search.experiment, "fit", real_fit)
+    assert retrain_main(retrain_args(searched, killed, "--epochs", "3")) == 0
+    [a] = (whole / "retrain").glob("*/seed-0/model.safetensors")
+    [b] = (killed / "retrain").glob("*/seed-0/model.safetensors")
+    model_a, _ = load_model(a)
+    model_b, _ = load_model(b)
+    for p, q in zip(model_a.state_dict().values(), model_b.state_dict().values(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_exports_agree_with_pytorch(searched, tmp_path) -> None:
+    out = tmp_path / "out"
+    assert retrain_main(retrain_args(searched, out)) == 0
+    [model_file] = (out / "retrain").glob("*/seed-0/model.safetensors")
+    model, info = load_model(model_file)
+    ts = export_torchscript(model, tmp_path / "m.pt", in_channels=3, image_size=info.image_size)
+    assert ts.ok and ts.max_abs_diff < 1e-5
+    onnx = export_onnx(model, tmp_path / "m.onnx", in_channels=3, image_size=info.image_size)
+    assert onnx.max_abs_diff is not None and onnx.ok
+
+
+def test_predict_prints_top_k_class_names(searched, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert retrain_main(retrain_args(searched, out)) == 0
+    [model_file] = (out / "retrain").glob("*/seed-0/model.safetensors")
+    import numpy as np
+
+    images = []
+    for i in range(3):
+        path = tmp_path / f"img{i}.png"
+        make_image(i, 12, np.random.default_rng(i)).save(path)  # another size: resized
+        images.append(str(path))
+    capsys.readouterr()
+    assert predict_main([str(model_file), *images, "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        ranked = line.split(": ", 1)[1].split("  ")
+        assert len(ranked) == 2
+        names = [r.split()[0] for r in ranked]
+        probs = [float(r.split()[1]) for r in ranked]
+        assert set(names) <= {"ant", "bee", "cat"} and probs == sorted(probs, reverse=True)
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (
+            lambda root, tmp: [
+                "--study-name",
+                "nope",
+                "--storage",
+                f"sqlite:///{root}/results/tiny.db",
+            ],
+            "no study 'nope'",
+        ),
+        (
+            lambda root, tmp: ["--study-name", "tiny", "--storage", f"sqlite:///{tmp}/none.db"],
+            "no such file",
+        ),
+        (lambda root, tmp: [], "nothing to retrain"),
+        (lambda root, tmp: ["--arch", str(REFERENCE)], "needs --data"),
+        (lambda root, tmp: ["--arch", str(tmp / "missing.toml"), "--data", "x"], "no such file"),
+    ],
+)
+def test_retrain_bad_input(searched, tmp_path, capsys, make, fragment) -> None:
+    assert (
+        retrain_main([*make(searched, tmp_path), "--no-progress", "--out", str(tmp_path / "o")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert fragment in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists() and not (tmp_path / "none.db").exists()
+
+
+def test_no_feasible_trial(tmp_path, capsys) -> None:
+    storage = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(storage=storage, study_name="empty", direction="maximize")
+    study.set_user_attr("budget", 1000)
+    study.set_user_attr("settings", {"data": {"source": "cifar10"}})
+    assert retrain_main(["--storage", storage, "--study-name", "empty", "--no-progress"]) == 2
+    assert "no complete trial within its budget" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "foreign"])
+def test_predict_bad_model_files(searched, tmp_path, capsys, damage) -> None:
+    image = tmp_path / "x.png"
+    import numpy as np
+
+    make_image(0, 8, np.random.default_rng(0)).save(image)
+    path = tmp_path / "model.safetensors"
+    if damage == "truncated":
+        out = tmp_path / "out"
+        assert retrain_main(retrain_args(searched, out)) == 0
+        [good] = (out / "retrain").glob("*/seed-0/model.safetensors")
+        path.write_bytes(good.read_bytes()[:500])
+    elif damage == "foreign":
+        from safetensors.torch import save_file
+
+        save_file({"w": torch.zeros(3)}, str(path))
+    capsys.readouterr()
+    assert predict_main([str(path), str(image)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

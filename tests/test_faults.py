@@ -1,0 +1,318 @@
+"""Faults: kills, concurrent workers, diverging and out-of-memory trials, Ctrl-C.
+
+Nothing a user computed may be lost: after any kill the same command resumes, every trial that
+finished before the kill is still there with its value and attributes, none is duplicated, a
+trial left running is failed (and retried once), and the study ends with the requested count.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import weakref
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+import torch
+from optuna.trial import TrialState
+
+import search.study
+from search.checkpoint import load_model
+from search.run import main as run_main
+from tests.search.searchkit import search_args
+
+pytestmark = pytest.mark.slow
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def start(args: list[str], cwd: Path, module: str = "search.run") -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+_storages: dict[Path, optuna.storages.BaseStorage] = {}
+
+
+def study_at(tmp: Path) -> optuna.Study | None:
+    """The tiny study of ``tmp``, once it exists; one storage object per database, since opening
+    one costs far more than a poll (and would starve the process under test)."""
+    db = tmp / "results" / "tiny.db"
+    try:
+        if db not in _storages:
+            if not db.exists():
+                return None
+            # The process under test creates the tables; do not race it for that.
+            _storages[db] = optuna.storages.RDBStorage(
+                f"sqlite:///{db}", skip_table_creation=True, skip_compatibility_check=True
+            )
+        return optuna.load_study(study_name="tiny", storage=_storages[db])
+    except (KeyError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+        # The database or the study is still being created by the process under test.
+        _storages.pop(db, None)
+        return None
+
+
+def wait_for(condition, timeout: float = 180.0, every: float = 0.2) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(every)
+    raise TimeoutError("condition not reached")
+
+
+def finished_record(tmp: Path) -> dict[int, tuple]:
+    study = study_at(tmp)
+    if study is None:
+        return {}
+    return {
+        t.number: (t.state, t.value, t.user_attrs["key"], t.user_attrs.get("curve"))
+        for t in study.get_trials(states=FINISHED)
+    }
+
+
+def test_search_killed_at_three_points_loses_nothing(tmp_path: Path) -> None:
+    args = search_args(tmp_path, "--epochs", "4", trials=10)
+    rng = random.Random(0)
+
+    def mid_trial() -> bool:
+        study = study_at(tmp_path)
+        return study is not None and any(
+            t.intermediate_values for t in study.get_trials(states=(TrialState.RUNNING,))
+        )
+
+    def between_trials(count: int):
+        return lambda: len(finished_record(tmp_path)) > count
+
+    kills = []
+    for point in ("mid-trial", "between trials", "random (during writes)"):
+        before = finished_record(tmp_path)
+        proc = start(args, tmp_path)
+        try:
+            if point == "mid-trial":
+                wait_for(mid_trial)
+            elif point == "between trials":
+                wait_for(between_trials(len(before)))
+            else:
+                wait_for(lambda: study_at(tmp_path) is not None)
+                time.sleep(rng.uniform(0.2, 1.5))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        kills.append(point)
+        after = finished_record(tmp_path)
+        for number, record in before.items():
+            assert after[number] == record, f"trial {number} changed after a kill {point}"
+    # The same command again finishes the study.
+    proc = start(args, tmp_path)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    study = study_at(tmp_path)
+    trials = study.get_trials()
+    finished = [t for t in trials if t.state in FINISHED]
+    assert len(finished) == 10
+    assert len({t.number for t in trials}) == len(trials)
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            assert "worker stopped" in t.user_attrs["status"]
+    # A killed trial's retry is the same candidate, and a trial is retried at most once.
+    retried = [t for t in trials if "failed_trial" in t.system_attrs]
+    failed_numbers = [t.system_attrs["failed_trial"] for t in retried]
+    assert len(failed_numbers) == len(set(failed_numbers))
+    assert kills == ["mid-trial", "between trials", "random (during writes)"]
+
+
+def retrain_args(root: Path, out: Path) -> list[str]:
+    # 30 short epochs: a kill after epoch 2 or 4 lands well before the run could finish.
+    return [
+        "--storage", f"sqlite:///{root}/results/tiny.db", "--study-name", "tiny",
+        "--epochs", "30", "--batch-size", "8", "--tta-views", "2", "--device", "cpu",
+        "--no-progress", "--no-export", "--out", str(out),
+    ]  # fmt: skip
+
+
+def test_retrain_killed_resumes_from_its_last_epoch(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run_main(search_args(tmp_path, trials=2)) == 0
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    proc = start(retrain_args(tmp_path, whole), tmp_path, "search.retrain")
+    assert proc.wait(timeout=600) == 0
+    for epochs_done in (2, 4):  # kill twice, after different epochs
+        proc = start(retrain_args(tmp_path, killed), tmp_path, "search.retrain")
+
+        def epochs_written(n: int = epochs_done) -> bool:
+            history = list(killed.glob("retrain/*/seed-0/history.csv"))
+            return bool(history) and len(history[0].read_text().splitlines()) > n
+
+        try:
+            wait_for(epochs_written, every=0.02)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        [state] = killed.glob("retrain/*/seed-0/state.pt")
+        assert state.exists()
+    proc = start(retrain_args(tmp_path, killed), tmp_path, "search.retrain")
+    assert proc.wait(timeout=600) == 0
+    [a] = whole.glob("retrain/*/seed-0/model.safetensors")
+    [b] = killed.glob("retrain/*/seed-0/model.safetensors")
+    model_a, _ = load_model(a)
+    model_b, _ = load_model(b)
+    for p, q in zip(model_a.state_dict().values(), model_b.state_dict().values(), strict=True):
+        assert torch.equal(p, q)
+    history = b.parent / "history.csv"
+    assert len(history.read_text().strip().splitlines()) == 31  # header + 30 epochs, none twice
+
+
+def test_four_workers_on_a_journal_file(tmp_path: Path) -> None:
+    journal = tmp_path / "results" / "tiny.journal"
+    args = search_args(tmp_path, "--workers", "4", "--storage", f"journal:///{journal}", trials=12)
+    proc = start(args, tmp_path)
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-2000:]
+    backend = optuna.storages.journal.JournalFileBackend(str(journal))
+    study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(backend))
+    trials = study.get_trials()
+    assert len(trials) == 12 and all(t.state in FINISHED for t in trials)
+    assert sorted(t.number for t in trials) == list(range(12))
+    assert len({t.user_attrs["worker"]["pid"] for t in trials}) >= 2
+
+
+def test_diverging_trial_is_pruned_with_its_reason(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    real_fit = search.study.fit
+
+    def fit_with_a_huge_lr_for_trial_1(*args, **kwargs):
+        if kwargs["desc"] == "trial 1":
+            import dataclasses
+
+            kwargs["config"] = dataclasses.replace(kwargs["config"], lr=1e30, warmup_epochs=0)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(search.study, "fit", fit_with_a_huge_lr_for_trial_1)
+    assert run_main(search_args(tmp_path, trials=4)) == 0
+    trials = study_at(tmp_path).get_trials()
+    assert trials[1].state == TrialState.PRUNED
+    assert trials[1].user_attrs["status"].startswith("pruned: diverged: training loss became")
+    assert len([t for t in trials if t.state in FINISHED]) == 4
+
+
+def test_out_of_memory_fails_the_trial_frees_it_and_goes_on(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    real_fit = search.study.fit
+    models: list[weakref.ref] = []
+
+    def out_of_memory_in_trial_1(model, *args, **kwargs):
+        if kwargs["desc"] == "trial 1":
+            models.append(weakref.ref(model))
+
+            def hook(module, inputs):
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+            model.register_forward_pre_hook(hook)
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(search.study, "fit", out_of_memory_in_trial_1)
+    assert run_main(search_args(tmp_path, trials=4)) == 0
+    trials = study_at(tmp_path).get_trials()
+    assert trials[1].state == TrialState.FAIL
+    assert trials[1].user_attrs["status"].startswith("failed: CUDA out of memory")
+    assert len([t for t in trials if t.state in FINISHED]) == 4  # the failed one was replaced
+    import gc
+
+    gc.collect()
+    assert models and models[0]() is None  # the failed trial's network was freed
+
+
+def test_ctrl_c_marks_the_running_trial_failed(tmp_path: Path) -> None:
+    args = search_args(tmp_path, "--epochs", "6", trials=50)
+    proc = start(args, tmp_path)
+
+    def running_trial() -> bool:
+        study = study_at(tmp_path)
+        return study is not None and any(
+            t.intermediate_values for t in study.get_trials(states=(TrialState.RUNNING,))
+        )
+
+    wait_for(running_trial)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+    trials = study_at(tmp_path).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["status"] == "failed: interrupted (Ctrl-C)"
+    assert "study tiny:" in out  # the summary was printed
+
+
+def test_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
+    args = search_args(tmp_path, "--epochs", "6", trials=50)
+    proc = start(args, tmp_path)
+    wait_for(lambda: study_at(tmp_path) is not None and len(study_at(tmp_path).trials) > 0)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    started = time.time()
+    proc.communicate(timeout=60)
+    # 130 from our handler, or death by SIGINT itself when the second signal lands while the
+    # interpreter is already shutting down (a shell shows 130 for both).
+    assert proc.returncode in (130, -signal.SIGINT)
+    assert time.time() - started < 30
+    study_at(tmp_path).get_trials()  # the storage is still readable
+
+
+def test_ctrl_c_with_workers_stops_them_all(tmp_path: Path) -> None:
+    journal = tmp_path / "results" / "tiny.journal"
+    args = search_args(
+        tmp_path,
+        "--epochs",
+        "6",
+        "--workers",
+        "2",
+        "--storage",
+        f"journal:///{journal}",
+        trials=60,
+    )
+    proc = start(args, tmp_path)
+
+    storages: list[optuna.storages.BaseStorage] = []
+
+    def load() -> optuna.Study | None:
+        if not journal.exists():
+            return None
+        if not storages:
+            backend = optuna.storages.journal.JournalFileBackend(str(journal))
+            storages.append(optuna.storages.JournalStorage(backend))
+        try:
+            return optuna.load_study(study_name="tiny", storage=storages[0])
+        except KeyError:
+            return None
+
+    wait_for(
+        lambda: (s := load()) is not None and len(s.get_trials(states=(TrialState.RUNNING,))) == 2
+    )
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=180)
+    assert proc.returncode == 130
+    trials = load().get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    # Each worker was running a trial or between two when the signal came.
+    assert 1 <= len(failed) <= 2
+    assert {t.user_attrs["status"] for t in failed} == {"failed: interrupted (Ctrl-C)"}
+    # No worker is left behind.
+    pids = {t.user_attrs["worker"]["pid"] for t in trials}
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
