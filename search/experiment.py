@@ -87,6 +87,11 @@ def run_experiment(
             )
         if metrics_path.exists():
             return _read_json(metrics_path)
+    elif (out / "state.pt").exists():
+        raise UserError(
+            f"{out} holds a training state (state.pt) without the config.json that explains it; "
+            "pass --fresh to start over, or choose another output folder"
+        )
     g = experiment.genotype
     params, macs = count(
         g,
@@ -94,22 +99,23 @@ def run_experiment(
         in_channels=dataset.in_channels,
         image_size=dataset.image_size,
     )
-    write_json_atomic(
-        config_path,
-        {
-            "settings": settings,
-            "params": params,
-            "macs": macs,
-            "dataset": dataset.describe(),
-            "classes": list(dataset.classes),
-            "device": provenance.device_name(device),
-            "host": provenance.host(),
-            "versions": provenance.versions(),
-            "command": provenance.command_line(),
-            "started": provenance.now(),
-            **(extra or {}),
-        },
-    )
+    if not config_path.exists():  # written once, at the first start; a resume keeps it
+        write_json_atomic(
+            config_path,
+            {
+                "settings": settings,
+                "params": params,
+                "macs": macs,
+                "dataset": dataset.describe(),
+                "classes": list(dataset.classes),
+                "device": provenance.device_name(device),
+                "host": provenance.host(),
+                "versions": provenance.versions(),
+                "command": provenance.command_line(),
+                "started": provenance.now(),
+                **(extra or {}),
+            },
+        )
 
     torch.manual_seed(experiment.train.seed)  # the initial weights
     model = build(g, num_classes=dataset.num_classes, in_channels=dataset.in_channels)

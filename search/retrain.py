@@ -223,6 +223,7 @@ def write_leaderboard(out: Path) -> pd.DataFrame:
         row["seeds"] = len(summary["seeds"])
         rows.append(row)
     frame = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
+    frame["trial"] = frame["trial"].astype("Int64")  # empty for references, not 4.0 for trials
     if not frame.empty:
         frame = frame.sort_values(["budget", "test_acc_tta"], ascending=[True, False])
     write_atomic(out / "leaderboard.csv", lambda tmp: frame.to_csv(tmp, index=False))

@@ -56,7 +56,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4  # on conv and linear weights; none on BN weights and biases
-    warmup_epochs: float = 1.0  # linear warmup from 0 to lr, then cosine decay to 0, per step
+    warmup_epochs: float = 1.0  # linear warmup to lr (at most half the run), cosine decay to 0
     ema_decay: float = 0.0  # EMA of the weights per step (0.999, say); 0 = off
     tta_views: int = 6  # evaluation views: 1 plain, 2 + flip, then +-shift translations (<= 10)
     tta_shift: int = 2  # pixels of the TTA translations
@@ -190,7 +190,8 @@ def fit(
     labels = train.labels.to(device)
     steps_per_epoch = max(1, len(train) // config.batch_size)
     total_steps = config.epochs * steps_per_epoch
-    warmup_steps = min(total_steps, round(config.warmup_epochs * steps_per_epoch))
+    # At most half the run: a 5-epoch warmup in a 3-epoch run would never reach the decay.
+    warmup_steps = min(total_steps // 2, round(config.warmup_epochs * steps_per_epoch))
     history = History()
 
     start_epoch = 0

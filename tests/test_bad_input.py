@@ -238,6 +238,115 @@ CASES = [
         "cannot write there",
     ),
 ]
+CASES += [
+    # retrain
+    Case("retrain-nothing", "search.retrain", lambda i: ["--no-progress"], "nothing to retrain"),
+    Case(
+        "retrain-unknown-study",
+        "search.retrain",
+        lambda i: ["--storage", f"sqlite:///{i}/study/results/tiny.db", "--study-name", "nope"],
+        "no study 'nope'",
+    ),
+    Case(
+        "retrain-missing-storage",
+        "search.retrain",
+        lambda i: ["--storage", f"sqlite:///{i}/none.db", "--study-name", "tiny"],
+        "no such file",
+    ),
+    Case(
+        "retrain-no-feasible-trial",
+        "search.retrain",
+        lambda i: ["--storage", f"sqlite:///{i}/empty.db", "--study-name", "empty"],
+        "no complete trial within its budget",
+    ),
+    Case(
+        "retrain-top-zero",
+        "search.retrain",
+        lambda i: [
+            "--storage",
+            f"sqlite:///{i}/study/results/tiny.db",
+            "--study-name",
+            "tiny",
+            "--top",
+            "0",
+        ],
+        "--top must be an integer >= 1",
+    ),
+    Case(
+        "retrain-arch-without-data",
+        "search.retrain",
+        lambda i: ["--arch", str(RESNET20)],
+        "needs --data",
+    ),
+    # checkpoints and model files
+    Case(
+        "predict-missing-model",
+        "search.predict",
+        lambda i: [str(i / "none.safetensors"), str(i / "image.png")],
+        "no such model file",
+    ),
+    Case(
+        "predict-truncated-model",
+        "search.predict",
+        lambda i: [str(i / "truncated.safetensors"), str(i / "image.png")],
+        "truncated",
+    ),
+    Case(
+        "predict-model-of-another-architecture",
+        "search.predict",
+        lambda i: [str(i / "other-arch.safetensors"), str(i / "image.png")],
+        "weights of another architecture",
+    ),
+    Case(
+        "predict-not-our-model",
+        "search.predict",
+        lambda i: [str(i / "foreign.safetensors"), str(i / "image.png")],
+        "without this project's architecture record",
+    ),
+    Case(
+        "predict-corrupt-image",
+        "search.predict",
+        lambda i: [str(i / "train" / "model.safetensors"), str(i / "bad.png")],
+        "cannot decode the image",
+    ),
+    Case(
+        "export-truncated-model",
+        "search.export",
+        lambda i: [str(i / "truncated.safetensors")],
+        "truncated",
+    ),
+    Case(
+        "train-state-without-config",
+        "search.train",
+        train_with("--out", with_input("orphan-state")),
+        "without the config.json",
+    ),
+    # reports and the dashboard
+    Case(
+        "report-unknown-study",
+        "search.report",
+        lambda i: ["--storage", f"sqlite:///{i}/study/results/tiny.db", "--study-name", "nope"],
+        "no such study",
+    ),
+    Case(
+        "report-empty-study",
+        "search.report",
+        lambda i: ["--storage", f"sqlite:///{i}/empty.db"],
+        "no complete trial",
+    ),
+    Case(
+        "report-unreachable-storage",
+        "search.report",
+        lambda i: ["--storage", "postgresql+psycopg://nas:secret@127.0.0.1:9/nas"],
+        "cannot connect",
+    ),
+    Case(
+        "dashboard-no-study-file",
+        "search.dashboard",
+        lambda i: ["--results", str(i / "empty")],
+        "no study",
+    ),
+]
 if not torch.cuda.is_available():
     CASES.append(
         Case(
@@ -251,6 +360,7 @@ if not torch.cuda.is_available():
 
 def make_inputs(root: Path) -> Path:
     make_image_folder(root / "data", train_per_class=10, test_per_class=2, size=8)
+    _trained_inputs(root)
     tiny_space(root / "space.toml")
     tiny_space(root / "bad-space.toml", colour=[1])
     (root / "syntax.toml").write_text("[search\nbudget = 1\n")
@@ -270,6 +380,67 @@ def make_inputs(root: Path) -> Path:
     tarball = make_tarball(root / "data", root / "broken.tar.gz")
     tarball.write_bytes(tarball.read_bytes()[:200])
     return root
+
+
+def _trained_inputs(root: Path) -> None:
+    """A tiny study, an empty one, a trained model and damaged copies of it."""
+    import json
+    import os
+
+    import optuna
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from search.run import main as run_main
+    from search.train import main as train_main
+    from space import Genotype
+    from tests.images import make_image
+    from tests.search.searchkit import search_args
+
+    (root / "study").mkdir()
+    cwd = os.getcwd()
+    os.chdir(root / "study")
+    try:
+        assert run_main(search_args(root / "study", trials=2)) == 0
+    finally:
+        os.chdir(cwd)
+    empty = optuna.create_study(storage=f"sqlite:///{root}/empty.db", study_name="empty")
+    empty.set_user_attr("budget", 1000)
+    empty.set_user_attr("settings", {"data": {"source": str(root / "data")}})
+    arch = ROOT / "configs" / "reference" / "mini-resnet.toml"
+    args = [
+        str(arch),
+        "--data",
+        str(root / "data"),
+        "--epochs",
+        "1",
+        "--val-size",
+        "6",
+        "--batch-size",
+        "8",
+        "--tta-views",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(root / "train"),
+    ]
+    assert train_main(args) == 0
+    model = root / "train" / "model.safetensors"
+    (root / "truncated.safetensors").write_bytes(model.read_bytes()[:400])
+    save_file({"w": torch.zeros(3)}, str(root / "foreign.safetensors"))
+    with safe_open(str(model), framework="pt") as f:  # the weights under another genotype
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        metadata = dict(f.metadata())
+    record = json.loads(metadata["budget_nas"])
+    record["genotype"] = Genotype.load(RESNET20).to_dict()
+    metadata["budget_nas"] = json.dumps(record)
+    save_file(tensors, str(root / "other-arch.safetensors"), metadata=metadata)
+    make_image(0, 8, __import__("numpy").random.default_rng(0)).save(root / "image.png")
+    (root / "bad.png").write_bytes(b"not a png")
+    (root / "orphan-state").mkdir()
+    (root / "orphan-state" / "state.pt").write_bytes(b"half a checkpoint")
 
 
 @pytest.fixture(scope="module")
