@@ -29,7 +29,6 @@ import dataclasses
 import datetime as dt
 import functools
 import itertools
-import json
 import os
 import re
 import signal
@@ -60,7 +59,7 @@ from search.study import SearchConfig, make_sampler, resolve_space
 from search.training import TrainConfig
 from space import count
 from space._cli import ArgumentParser
-from space._io import write_atomic
+from space._io import write_json_atomic
 from space.errors import UserError
 from space.searchspace import SearchSpace, sample
 
@@ -642,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         "sampling": sampling,
         "storage_round_trips": storage,
     }
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+    write_json_atomic(path, record)
     print(f"\nwrote {path}")
     return 0
 

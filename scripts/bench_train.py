@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
-import json
 import os
 import re
 import sys
@@ -69,7 +68,7 @@ from search.training import (
 )
 from space import Augment, Genotype, build, count
 from space._cli import ArgumentParser
-from space._io import write_atomic
+from space._io import write_json_atomic
 from space.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -710,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
         "goals": {"ratio": GOAL_RATIO, "epoch_images": [SEARCH_EPOCH, FULL_EPOCH]},
         "models": models,
     }
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+    write_json_atomic(path, record)
     print(f"\nwrote {path}")
     return 0
 

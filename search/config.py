@@ -126,6 +126,17 @@ def merge(cls: type[T], *layers: Mapping[str, Any], where: str) -> T:
     return from_mapping(cls, values, where=where)
 
 
+def first_difference(recorded: Any, wanted: Any, where: str = "") -> tuple[str, Any, Any]:
+    """(dotted key, recorded value, wanted value) of the first difference between two nested
+    settings dicts (keys in sorted order), for messages such as 'train.epochs: 2 there, 3 now'."""
+    if isinstance(recorded, dict) and isinstance(wanted, dict):
+        for key in sorted(set(recorded) | set(wanted)):
+            if recorded.get(key) != wanted.get(key):
+                path = f"{where}.{key}".lstrip(".")
+                return first_difference(recorded.get(key), wanted.get(key), path)
+    return where or "settings", recorded, wanted
+
+
 def resolve_device(text: str) -> torch.device:
     """``auto`` (CUDA when visible, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     text = text.strip().lower()

@@ -32,7 +32,7 @@ import torch
 from search import provenance
 from search.augment import Normalization
 from search.checkpoint import ModelInfo, save_model
-from search.config import DataConfig
+from search.config import DataConfig, first_difference
 from search.data import Dataset
 from search.training import EpochStats, History, TrainConfig, evaluate, fit
 from space import Genotype, build, count
@@ -81,8 +81,9 @@ def run_experiment(
     if config_path.exists():
         recorded = _read_json(config_path).get("settings")
         if recorded != settings:
+            key, there, now = first_difference(recorded, settings)
             raise UserError(
-                f"{out} holds a run with other settings ({_first_difference(recorded, settings)}); "
+                f"{out} holds a run with other settings ({key}: {there!r} there, {now!r} now); "
                 "pass --fresh to start it over, or choose another output folder"
             )
         if metrics_path.exists():
@@ -221,11 +222,3 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: cannot be read ({exc}); pass --fresh to start over") from None
-
-
-def _first_difference(a: Any, b: Any, where: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{where}.{key}".lstrip("."))
-    return f"{where or 'settings'}: {a!r} there, {b!r} now"

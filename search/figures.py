@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from search.study import is_feasible_complete, is_rejected
 from space import format_count
 from space.errors import UserError
 
@@ -64,19 +65,17 @@ class StudyView:
         )
 
     def test_result(self, t: FrozenTrial) -> dict[str, Any] | None:
-        """A retrained trial's test accuracy (fraction), with TTA, epochs and seeds; None when
-        it was not retrained. Read from the study's record, else from the trial's attrs."""
+        """A retrained trial's test accuracy (fraction), with TTA, epochs and seeds, from the
+        study's record; None when it was not retrained."""
         record = self.retrained.get(t.number)
-        if record is not None and isinstance(record.get("test_acc"), (int, float)):
-            return {
-                "test_acc": record["test_acc"],
-                "test_acc_tta": record.get("test_acc_tta"),
-                "retrain_epochs": record.get("epochs"),
-                "retrain_seeds": record.get("seeds"),
-            }
-        if isinstance(t.user_attrs.get("test_acc"), (int, float)):
-            return {k: t.user_attrs.get(k) for k in TEST_FIELDS}
-        return None
+        if record is None or not isinstance(record.get("test_acc"), (int, float)):
+            return None
+        return {
+            "test_acc": record["test_acc"],
+            "test_acc_tta": record.get("test_acc_tta"),
+            "retrain_epochs": record.get("epochs"),
+            "retrain_seeds": record.get("seeds"),
+        }
 
     def ranked(self) -> list[FrozenTrial]:
         """Complete trials within the budget, best validation accuracy first (fewer parameters
@@ -100,24 +99,6 @@ class StudyView:
             "failed": sum(t.state == TrialState.FAIL for t in self.trials),
             "running": sum(t.state == TrialState.RUNNING for t in self.trials),
         }
-
-
-def is_rejected(t: FrozenTrial) -> bool:
-    """Over budget: pruned before any training."""
-    return str(t.user_attrs.get("status", "")).startswith("rejected")
-
-
-def is_feasible_complete(t: FrozenTrial, budget: int) -> bool:
-    """Complete, with an accuracy, and within the budget (its constraints, where recorded)."""
-    params = t.user_attrs.get("params")
-    return (
-        t.state == TrialState.COMPLETE
-        and t.value is not None
-        and math.isfinite(t.value)
-        and isinstance(params, int)
-        and params <= budget
-        and all(c <= 0 for c in t.constraints.values())
-    )
 
 
 def is_trained_pruned(t: FrozenTrial) -> bool:

@@ -47,10 +47,10 @@ from search.figures import (
     budget_figure,
     budget_text,
     curves_figure,
-    is_rejected,
     pareto_front,
 )
 from search.storage import open_existing_storage
+from search.study import is_rejected
 from space import format_count
 from space._cli import ArgumentParser
 from space._io import check_writable, write_text_atomic

@@ -38,7 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 import search
 from search import provenance
 from search.augment import Normalization
-from search.config import DataConfig
+from search.config import DataConfig, first_difference
 from search.data import Dataset
 from search.storage import ClaimLock
 from search.training import EpochStats, TrainConfig, TrainingDiverged, fit
@@ -250,19 +250,13 @@ def open_study(
         study.set_user_attr("created", provenance.now())
         study.set_user_attr("command", provenance.command_line())
     elif recorded != wanted:
+        key, there, now = first_difference(recorded, wanted)
         raise UserError(
-            f"study {name!r} was made with other settings ({_difference(recorded, wanted)}); "
-            "run it with its own settings to resume it, or pass another --study-name"
+            f"study {name!r} was made with other settings ({key}: {there!r} in the study, "
+            f"{now!r} now); run it with its own settings to resume it, or pass another "
+            "--study-name"
         )
     return study
-
-
-def _difference(a: Any, b: Any, where: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                return _difference(a.get(key), b.get(key), f"{where}.{key}".lstrip("."))
-    return f"{where}: {a!r} in the study, {b!r} now"
 
 
 def host_salt() -> int:
@@ -398,13 +392,31 @@ def objective(trial: optuna.Trial, ctx: Context) -> float:
     return epochs[-1].eval_acc  # type: ignore[return-value]
 
 
+def is_rejected(t: FrozenTrial) -> bool:
+    """Over budget: pruned before any training."""
+    return str(t.user_attrs.get("status", "")).startswith("rejected")
+
+
+def is_feasible_complete(t: FrozenTrial, budget: int) -> bool:
+    """Complete, with an accuracy, and within the budget (its constraints, where recorded)."""
+    params = t.user_attrs.get("params")
+    return (
+        t.state == TrialState.COMPLETE
+        and t.value is not None
+        and math.isfinite(t.value)
+        and isinstance(params, int)
+        and params <= budget
+        and all(c <= 0 for c in t.constraints.values())
+    )
+
+
 def find_twin(study: optuna.Study, number: int, key: str) -> FrozenTrial | None:
     """An earlier finished trial of the same genotype that was trained (not rejected)."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         if (
             t.number != number
             and t.user_attrs.get("key") == key
-            and not str(t.user_attrs.get("status", "")).startswith("rejected")
+            and not is_rejected(t)
             and "duplicate_of" not in t.user_attrs
         ):
             return t
@@ -580,13 +592,9 @@ class Summary:
 def summarize(study: optuna.Study, budget: int, *, top: int = 5) -> Summary:
     trials = study.get_trials(deepcopy=False)
     drawn = [t for t in trials if "params" in t.user_attrs]
-    rejected = [t for t in drawn if str(t.user_attrs.get("status", "")).startswith("rejected")]
+    rejected = [t for t in drawn if is_rejected(t)]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    feasible = [
-        t
-        for t in complete
-        if t.value is not None and t.user_attrs.get("params", math.inf) <= budget
-    ]
+    feasible = [t for t in complete if is_feasible_complete(t, budget)]
     best = sorted(feasible, key=lambda t: (-t.value, t.user_attrs["params"]))[:top]  # type: ignore[operator]
     return Summary(
         total=len(trials),

@@ -222,7 +222,7 @@ def check(
 def scale_widths(genotype: Genotype, multiplier: float, *, multiple: int = 8) -> Genotype:
     """Every width (stem and stages) times ``multiplier``, rounded to ``multiple``, at least
     ``multiple`` and at most the genotype's limit. Rounding keeps the result monotone in
-    ``multiplier``, which ``fit_to_budget`` relies on."""
+    ``multiplier``; the parameter count need not be (see ``fit_to_budget``)."""
 
     def scaled(width: int) -> int:
         w = round(width * multiplier / multiple) * multiple
@@ -245,11 +245,12 @@ def fit_to_budget(
 ) -> Genotype | None:
     """The genotype with its widths scaled to fill ``budget`` as closely as possible.
 
-    First the largest single multiplier of all widths (stem and stages) that still fits; then,
-    since rounding to ``multiple`` channels leaves part of the budget unused, each stage (last
-    first, then the stem) is widened by one more multiple where the count still fits. Depths,
-    blocks and every other choice are kept. Returns None when even the narrowest version (every
-    width ``multiple``) is over budget. Pure; a few dozen closed-form counts.
+    First the single multiplier of all widths (stem and stages) with the largest count that still
+    fits; then, since rounding to ``multiple`` channels leaves part of the budget unused, each
+    stage (last first, then the stem) is widened by one more multiple where the count grows and
+    still fits. Depths, blocks and every other choice are kept. Returns None when even the
+    narrowest version (every width ``multiple``) is over budget. Pure; a few hundred closed-form
+    counts at most.
     """
 
     def params(g: Genotype) -> int:
@@ -261,25 +262,36 @@ def fit_to_budget(
     best = scaled(0.0)
     if params(best) > budget:
         return None
-    low, high = 0.0, 1.0
-    while params(scaled(high)) <= budget:
-        if high * min(s.width for s in genotype.stages) > MAX_WIDTH:  # even the widest fits
-            return scaled(high)
-        low, high = high, high * 2
-    # params(scaled(low)) <= budget < params(scaled(high)). Widths change in steps of
-    # `multiple`, so stop once both ends give the same network.
-    while scaled(low) != scaled(high) and high - low > 1e-6 * high:
-        mid = (low + high) / 2
-        if params(scaled(mid)) <= budget:
-            low = mid
-        else:
-            high = mid
-    best = scaled(low)
+    # Counts are not monotone in the multiplier: when rounding makes two neighbouring widths
+    # equal, a projection shortcut turns into an identity and the count drops. So walk every
+    # multiplier at which some rounded width changes, smallest first, and keep the largest count
+    # that fits. Dropping projections can at most halve a count (a bottleneck block's projection
+    # is about the size of the block), so once a count passes four times the budget no larger
+    # multiplier can fit again.
+    best_params = params(best)
+    for m in _width_steps(genotype, multiple):
+        candidate = scaled(m)
+        n = params(candidate)
+        if n > 4 * budget:
+            break
+        if best_params < n <= budget:
+            best, best_params = candidate, n
     for i in reversed(range(-1, len(best.stages))):  # last stage first; -1 is the stem
         candidate = _widen(best, i, multiple)
-        if candidate is not None and params(candidate) <= budget:
-            best = candidate
+        if candidate is not None and best_params < (n := params(candidate)) <= budget:
+            best, best_params = candidate, n
     return best
+
+
+def _width_steps(genotype: Genotype, multiple: int) -> list[float]:
+    """Every multiplier, ascending, just past which ``scale_widths`` changes some width."""
+    widths = {genotype.stem_width, *(s.width for s in genotype.stages)}
+    steps = {
+        (k + 0.5) * multiple / w * (1 + 1e-9)  # just past the rounding point k + 0.5
+        for w in widths
+        for k in range(1, MAX_WIDTH // multiple)
+    }
+    return sorted(steps)
 
 
 def _widen(genotype: Genotype, index: int, multiple: int) -> Genotype | None:

@@ -7,13 +7,14 @@ import sys
 import pytest
 import torch
 import torchinfo
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 from space import (
     BudgetError,
     Genotype,
+    Stage,
     build,
     check,
     count,
@@ -137,7 +138,13 @@ def test_over_budget_message_has_count_budget_and_excess() -> None:
     assert f"{verdict.excess:,}" in message
 
 
+# Found by CI: rounding both widths to 48 removes the projection shortcut, so the count is not
+# monotone in the multiplier and a bisection stopped short of the largest fitting network.
+_PROJECTION_VANISHES = Genotype(stages=(Stage(depth=1, width=49, block="basic"),), stem_width=48)
+
+
 @given(genotypes(max_depth=4, max_width=64), st.sampled_from([20_000, 400_000, 5_000_000]))
+@example(_PROJECTION_VANISHES, 5_000_000)
 @settings(max_examples=100, deadline=None)
 def test_fit_to_budget_fits_and_keeps_the_shape(g: Genotype, budget: int) -> None:
     fitted = fit_to_budget(g, budget, num_classes=10)
@@ -152,10 +159,10 @@ def test_fit_to_budget_fits_and_keeps_the_shape(g: Genotype, budget: int) -> Non
     ]
     assert all(s.width % 8 == 0 for s in fitted.stages) and fitted.stem_width % 8 == 0
     # At least as large as the largest single multiplier of the original widths that fits:
-    # sweep multipliers finely (geometric steps of 1%) until the counts pass the budget.
+    # sweep multipliers finely (geometric steps of 1%) until a count passes the budget.
     m, best_single = 0.01, 0
     while (candidate := count_params(scale_widths(g, m), num_classes=10)) <= budget and m < 1e4:
-        best_single = candidate  # counts grow with m, so the last one that fits is the largest
+        best_single = max(best_single, candidate)
         m *= 1.01
     assert params >= best_single
 
