@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import shutil
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
 from space import Genotype, build, format_count
+from space._io import write_atomic
 
 # Where optuna.artifacts.upload_artifact records a trial's artifact (trial system attrs), and where
 # optuna-dashboard also looks for one (study system attrs, followed by the trial id).
@@ -92,7 +94,7 @@ def upload_trial_artifacts(
         return []
     if study_system_attrs is None:
         study_system_attrs = study._storage.get_study_system_attrs(study._study_id)
-    store = FileSystemArtifactStore(artifact_dir)
+    store = AtomicArtifactStore(artifact_dir)
     have = trial_artifacts(trial, study_system_attrs)
     missing = [name for name in wanted if name not in have or not _stored(store, have[name])]
     if not missing:
@@ -244,6 +246,27 @@ def summary_text(
 # -- serving ---------------------------------------------------------------------------------
 
 
+class AtomicArtifactStore(FileSystemArtifactStore):
+    """Optuna's file-system store, except that a file appears under its id only once complete
+    (written under a temporary name, then renamed): a kill mid-write leaves no truncated
+    artifact for the dashboard to serve."""
+
+    def __init__(self, base_path: Path) -> None:
+        super().__init__(base_path)
+        self.base_path = Path(base_path)
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        path = self.base_path / artifact_id
+        if path.resolve().parent != self.base_path.resolve():  # ids are plain names
+            raise ValueError(f"invalid artifact id {artifact_id!r}")
+        write_atomic(path, lambda tmp: _copy_into(content_body, tmp))
+
+
+def _copy_into(body: BinaryIO, path: Path) -> None:
+    with open(path, "wb") as f:
+        shutil.copyfileobj(body, f)
+
+
 class FolderArtifactStore:
     """An artifact store over several folders, for a dashboard of several studies (each keeps
     its artifacts in its own folder): reads look in every folder, writes go to the first."""
@@ -251,7 +274,7 @@ class FolderArtifactStore:
     def __init__(self, folders: Sequence[Path]) -> None:
         if not folders:
             raise ValueError("FolderArtifactStore needs at least one folder")
-        self._stores = [FileSystemArtifactStore(Path(f)) for f in folders]
+        self._stores = [AtomicArtifactStore(Path(f)) for f in folders]
         self.folders = [Path(f) for f in folders]
 
     def open_reader(self, artifact_id: str) -> BinaryIO:

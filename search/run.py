@@ -16,13 +16,14 @@ import argparse
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import optuna
@@ -216,10 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted before the search started: nothing was trained", file=sys.stderr)
+        return 130
 
     STOP.clear()
-    signal.signal(signal.SIGINT, _first_interrupt)
-    signal.signal(signal.SIGTERM, _first_interrupt)
+    on_signal = functools.partial(_first_interrupt, announce=not child)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     deadline = time.time() + plan.search.timeout if plan.search.timeout else None
     if not child:
         stale = fail_stale_trials(study, grace=plan.search.grace)
@@ -256,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if not child:
             print(
-                "\ninterrupted: the running trial is marked failed; run the same command "
+                "interrupted: a trial cut short is marked failed; run the same command "
                 "again to continue",
                 file=sys.stderr,
             )
@@ -370,12 +375,7 @@ def _supervise(
     gpus = _visible_gpus() if plan.device.type == "cuda" else []
     children = []
     for i in range(plan.search.workers):
-        env = dict(os.environ)
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
-        elif "OMP_NUM_THREADS" not in os.environ:
-            # CPU workers share the cores; oversubscribed OpenMP threads spin and crawl.
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // plan.search.workers))
+        env = worker_env(i, plan.search.workers, gpus, os.environ, os.cpu_count() or 1)
         cmd = [
             sys.executable,
             "-m",
@@ -406,7 +406,8 @@ def _supervise(
             _update_bar(bar, plan, study)
             if not running:
                 break
-            time.sleep(1.0)
+            if STOP.wait(1.0):  # Ctrl-C: set by the handler, which raises nothing itself
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         # A second Ctrl-C kills the workers outright; their trials are cleaned up next start.
         signal.signal(signal.SIGINT, lambda *_: _kill_all(children))
@@ -445,18 +446,34 @@ def _kill_all(children: list[subprocess.Popen]) -> None:
     os._exit(130)
 
 
-def _first_interrupt(signum: int, frame: object) -> None:
+def _first_interrupt(signum: int, frame: object, *, announce: bool = True) -> None:
     """Ctrl-C (or SIGTERM from a scheduler): stop cleanly, the running trial marked failed.
-    From now on a second one exits at once; installed here, at the first signal, so that it
-    holds however deep in Optuna or the database the first one lands."""
+
+    Only sets STOP: the worker raises KeyboardInterrupt itself at its next training step or
+    claim, never in the middle of a database write. From now on a second one exits at once.
+    """
     signal.signal(signal.SIGINT, _exit_now)
     signal.signal(signal.SIGTERM, _exit_now)
     STOP.set()
-    raise KeyboardInterrupt
+    if announce:  # os.write: print() here could re-enter a write the main code is in
+        os.write(2, b"\nstopping after the current step (Ctrl-C again to quit at once)\n")
 
 
 def _exit_now(signum: int, frame: object) -> None:
     os._exit(130)
+
+
+def worker_env(
+    index: int, workers: int, gpus: Sequence[str], environ: Mapping[str, str], cpus: int
+) -> dict[str, str]:
+    """The environment of worker ``index``: one GPU each, round-robin over ``gpus``; on CPU a
+    share of the cores, since oversubscribed OpenMP threads spin and crawl."""
+    env = dict(environ)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    elif "OMP_NUM_THREADS" not in environ:
+        env["OMP_NUM_THREADS"] = str(max(1, cpus // workers))
+    return env
 
 
 def _visible_gpus() -> list[str]:
@@ -499,8 +516,9 @@ def _print_summary(plan: Plan, study: optuna.Study, before: set[int], started: f
                 f"{t.user_attrs['budget_share']:6.1%}  {minutes:5.1f}  {t.user_attrs['key']}"
             )
     spec = parse_storage(plan.storage_url)
-    print(f"\nstudy stored in {spec.display}")
-    print(f"dashboard: optuna-dashboard {spec.dashboard_target}")
+    artifacts = artifact_dir(Path(plan.search.results), plan.study_name)
+    print(f"\nstudy stored in {spec.display}; trial artifacts in {artifacts}")
+    print(f"dashboard: optuna-dashboard {spec.dashboard_target} --artifact-dir {artifacts}")
     print(
         f"retrain the best: python -m search.retrain --storage {spec.display} "
         f"--study-name {plan.study_name} --top 3"

@@ -50,9 +50,10 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 ACTIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 MAX_CONSECUTIVE_FAILURES = 3  # a worker whose trials keep failing stops instead of looping
 
-# Set by the entry point's Ctrl-C handler. The handler also raises KeyboardInterrupt, but Python
-# drops an exception raised while it runs a finalizer (``__del__``) or a callback, so the worker
-# checks this flag too, after every epoch and before every claim.
+# Set by the entry point's Ctrl-C handler, which raises nothing itself: an exception raised
+# asynchronously can land inside a database write (leaving SQLite locked for every later write)
+# or in a finalizer (where Python drops it). The worker checks the flag instead, at places
+# where nothing is half done: before every claim, at the start of a trial and at every step.
 STOP = threading.Event()
 
 
@@ -362,6 +363,7 @@ def objective(trial: optuna.Trial, ctx: Context) -> float:
             on_epoch=on_epoch,
             progress=ctx.progress,
             desc=f"trial {trial.number}",
+            stop=STOP,
         )
     except optuna.TrialPruned as exc:
         trial.set_user_attr("status", f"pruned: {exc}")
@@ -530,6 +532,7 @@ def work(
     def claimed(trial: optuna.Trial) -> float:
         lock.release()
         try:
+            stop_if_asked()
             return objective(trial, ctx)
         except KeyboardInterrupt:
             # Written before Optuna marks the trial failed: a finished trial is read-only.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -165,11 +166,14 @@ def fit(
     checkpoint: Path | None = None,
     progress: bool = False,
     desc: str = "train",
+    stop: threading.Event | None = None,
 ) -> History:
     """Train ``model`` in place on ``train``; return the history of every epoch.
 
     After each epoch the model is evaluated on ``eval_set`` (plain view, EMA weights when EMA is
     on), then ``on_epoch`` is called; an exception from it stops training and propagates.
+    Once ``stop`` is set (by a signal handler, say), the next step raises KeyboardInterrupt:
+    a place where nothing else is half done, unlike wherever an asynchronous one would land.
     With EMA, the model holds the EMA weights when ``fit`` returns.
     """
     cuda = device.type == "cuda"
@@ -231,6 +235,8 @@ def fit(
             for i, index in enumerate(
                 batches(len(train), config.batch_size, generator=generator, device=device)
             ):
+                if stop is not None and stop.is_set():
+                    raise KeyboardInterrupt
                 step = epoch * steps_per_epoch + i
                 lr = lr_at(step, total_steps=total_steps, warmup_steps=warmup_steps, peak=config.lr)
                 for group in optimizer.param_groups:
@@ -251,10 +257,16 @@ def fit(
                 correct += (logits.argmax(1) == targets.argmax(1)).sum()
                 seen += index.shape[0]
                 bar.update(1)
-                if (i + 1) % SYNC_EVERY == 0:
-                    mean_loss = loss_sum.item() / (i + 1)
+                if (i + 1) % SYNC_EVERY == 0:  # one host sync for both running figures
+                    total_loss, total_correct = torch.stack([loss_sum, correct.float()]).tolist()
+                    mean_loss = total_loss / (i + 1)
                     _check_finite(mean_loss, epoch, i)
-                    bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}")
+                    bar.set_postfix(
+                        loss=f"{mean_loss:.3f}",
+                        acc=f"{total_correct / seen:.3f}",
+                        img_s=f"{seen / (time.perf_counter() - started):.0f}",
+                        lr=f"{lr:.3g}",
+                    )
             mean_loss = loss_sum.item() / steps_per_epoch  # waits for the GPU: end of the epoch
             _check_finite(mean_loss, epoch, steps_per_epoch - 1)
             train_seconds = time.perf_counter() - started

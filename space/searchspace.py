@@ -48,6 +48,7 @@ _SCHEMA: dict[str, tuple[Any, ...]] = {
     "stem_ratio": ("float", 0.125, 4.0),  # stem width / stage-1 width
     "stem_bias": ("bool",),
     "first_downsample": ("bool",),  # whether stage 1 also halves the resolution
+    "later_downsample": ("bool",),  # whether stages 2 and later halve it (drawn per stage)
     "downsample": ("str", DOWNSAMPLES),
     "shortcut": ("str", SHORTCUTS),
     "pool": ("str", POOLS),
@@ -278,7 +279,9 @@ def sample(
                 depth=draw(f"s{i}_depth", p["depth"]),
                 width=max(1, round(width)),
                 block=draw(f"s{i}_block", p["block"]),
-                downsample=bool(first_downsample) if i == 0 else True,
+                downsample=bool(
+                    first_downsample if i == 0 else draw(f"s{i}_downsample", p["later_downsample"])
+                ),
                 dropout=draw(f"s{i}_dropout", p["block_dropout"]),
             )
         )

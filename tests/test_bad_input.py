@@ -186,6 +186,24 @@ CASES = [
         "no train/ folder",
     ),
     Case(
+        "run-data-no-classes",
+        "search.run",
+        search_with("--data", with_input("no-classes")),
+        "train: no class folders",
+    ),
+    Case(
+        "run-data-empty-class",
+        "search.run",
+        search_with("--data", with_input("empty-class")),
+        "train/bee",
+    ),
+    Case(
+        "run-data-classes-differ",
+        "search.run",
+        search_with("--data", with_input("classes-differ")),
+        "different classes",
+    ),
+    Case(
         "run-data-corrupt-image",
         "search.run",
         search_with("--data", with_input("corrupt")),
@@ -375,6 +393,13 @@ def make_inputs(root: Path) -> Path:
     flat = root / "flat"
     flat.mkdir()
     (flat / "a.png").write_bytes((root / "data" / "train" / "ant" / "0000.png").read_bytes())
+    (root / "no-classes" / "train").mkdir(parents=True)
+    (root / "no-classes" / "test").mkdir()
+    empty_class = make_image_folder(root / "empty-class", train_per_class=4, test_per_class=1)
+    for f in (empty_class / "train" / "bee").iterdir():
+        f.unlink()
+    differ = make_image_folder(root / "classes-differ", train_per_class=4, test_per_class=1)
+    (differ / "test" / "cat").rename(differ / "test" / "dog")
     corrupt = make_image_folder(root / "corrupt", train_per_class=4, test_per_class=1, size=8)
     (corrupt / "train" / "bee" / "0002.png").write_bytes(b"not an image")
     tarball = make_tarball(root / "data", root / "broken.tar.gz")

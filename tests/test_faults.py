@@ -31,9 +31,54 @@ pytestmark = pytest.mark.slow
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def start(args: list[str], cwd: Path, module: str = "search.run") -> subprocess.Popen[str]:
+# Runs search.run with Trial.set_user_attr patched to SIGKILL the process halfway through
+# writing a trained trial's results (after "train_seconds", before "train_loss" and the value).
+_DIE_WRITING_RESULTS = """
+import os, runpy, signal, sys
+import optuna
+real = optuna.trial.Trial.set_user_attr
+def dying(self, key, value):
+    if key == "train_loss":
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(self, key, value)
+optuna.trial.Trial.set_user_attr = dying
+sys.argv[0] = "search.run"
+runpy.run_module("search.run", run_name="__main__")
+"""
+
+
+# Runs search.run with a SQLAlchemy hook that sends the process a SIGINT (Ctrl-C) from inside
+# the database write of a trained trial's results: the moment an asynchronous KeyboardInterrupt
+# would leave a transaction open and SQLite locked for every later write.
+_CTRL_C_WRITING_RESULTS = """
+import os, runpy, signal, sys
+import sqlalchemy
+sent = []
+@sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "before_cursor_execute")
+def ctrl_c(conn, cursor, statement, parameters, context, executemany):
+    if not sent and "trial_user_attributes" in statement and "train_loss" in str(parameters):
+        sent.append(True)
+        os.kill(os.getpid(), signal.SIGINT)
+sys.argv[0] = "search.run"
+runpy.run_module("search.run", run_name="__main__")
+"""
+
+
+def start(
+    args: list[str],
+    cwd: Path,
+    module: str = "search.run",
+    *,
+    die_writing_results: bool = False,
+    ctrl_c_writing_results: bool = False,
+) -> subprocess.Popen[str]:
+    command = ["-m", module]
+    if die_writing_results:
+        command = ["-c", _DIE_WRITING_RESULTS]
+    elif ctrl_c_writing_results:
+        command = ["-c", _CTRL_C_WRITING_RESULTS]
     return subprocess.Popen(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, *command, *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -77,12 +122,12 @@ def finished_record(tmp: Path) -> dict[int, tuple]:
     if study is None:
         return {}
     return {
-        t.number: (t.state, t.value, t.user_attrs["key"], t.user_attrs.get("curve"))
+        t.number: (t.state, t.value, t.params, t.user_attrs, t.intermediate_values, t.constraints)
         for t in study.get_trials(states=FINISHED)
     }
 
 
-def test_search_killed_at_three_points_loses_nothing(tmp_path: Path) -> None:
+def test_search_killed_at_four_points_loses_nothing(tmp_path: Path) -> None:
     args = search_args(tmp_path, "--epochs", "4", trials=10)
     rng = random.Random(0)
 
@@ -96,11 +141,14 @@ def test_search_killed_at_three_points_loses_nothing(tmp_path: Path) -> None:
         return lambda: len(finished_record(tmp_path)) > count
 
     kills = []
-    for point in ("mid-trial", "between trials", "random (during writes)"):
+    points = ("mid-trial", "between trials", "writing results", "random (during writes)")
+    for point in points:
         before = finished_record(tmp_path)
-        proc = start(args, tmp_path)
+        proc = start(args, tmp_path, die_writing_results=point == "writing results")
         try:
-            if point == "mid-trial":
+            if point == "writing results":
+                assert proc.wait(timeout=300) == -signal.SIGKILL, proc.stderr.read()[-2000:]
+            elif point == "mid-trial":
                 wait_for(mid_trial)
             elif point == "between trials":
                 wait_for(between_trials(len(before)))
@@ -131,7 +179,11 @@ def test_search_killed_at_three_points_loses_nothing(tmp_path: Path) -> None:
     retried = [t for t in trials if "failed_trial" in t.system_attrs]
     failed_numbers = [t.system_attrs["failed_trial"] for t in retried]
     assert len(failed_numbers) == len(set(failed_numbers))
-    assert kills == ["mid-trial", "between trials", "random (during writes)"]
+    assert kills == list(points)
+    # The trial killed while writing its results was failed, not left half-finished.
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert any("train_seconds" in t.user_attrs and "train_loss" not in t.user_attrs for t in failed)
+    assert all(t.value is None for t in failed)
 
 
 def retrain_args(root: Path, out: Path) -> list[str]:
@@ -236,25 +288,47 @@ def test_out_of_memory_fails_the_trial_frees_it_and_goes_on(tmp_path: Path, monk
 
 
 def test_ctrl_c_marks_the_running_trial_failed(tmp_path: Path) -> None:
-    args = search_args(tmp_path, "--epochs", "6", trials=50)
+    # Trial 0 is alone in its Hyperband bracket, so nothing prunes it: with 100 epochs it is
+    # still training when the signal lands (with a few epochs it could finish in between).
+    args = search_args(tmp_path, "--epochs", "100", trials=3)
     proc = start(args, tmp_path)
 
     def running_trial() -> bool:
         study = study_at(tmp_path)
-        return study is not None and any(
-            t.intermediate_values for t in study.get_trials(states=(TrialState.RUNNING,))
-        )
+        if study is None or not study.trials:
+            return False
+        first = study.trials[0]
+        return first.state == TrialState.RUNNING and 1 <= len(first.intermediate_values) <= 50
 
     wait_for(running_trial)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, (out[-2000:], err[-3000:])
     assert "interrupted" in err and "Traceback" not in err
     trials = study_at(tmp_path).get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(failed) == 1 and failed[0].user_attrs["status"] == "failed: interrupted (Ctrl-C)"
+    assert [t.number for t in failed] == [0]
+    assert failed[0].user_attrs["status"] == "failed: interrupted (Ctrl-C)"
     assert "study tiny:" in out  # the summary was printed
+
+
+def test_ctrl_c_inside_a_database_write_finishes_the_write_then_stops(tmp_path: Path) -> None:
+    args = search_args(tmp_path, trials=3)
+    proc = start(args, tmp_path, ctrl_c_writing_results=True)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, (out[-2000:], err[-3000:])
+    assert "Traceback" not in err and "locked" not in err, err[-3000:]
+    trials = study_at(tmp_path).get_trials()
+    # The trial whose results were being written kept all of them; it is the last one.
+    assert trials and all(t.state in FINISHED for t in trials), [t.state for t in trials]
+    assert trials[-1].value is not None and "train_loss" in trials[-1].user_attrs
+    assert "study tiny:" in out
+    # The database is not left locked: the same command goes on to the end.
+    proc = start(args, tmp_path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert len([t for t in study_at(tmp_path).get_trials() if t.state in FINISHED]) == 3
 
 
 def test_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:

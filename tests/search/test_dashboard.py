@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from search.artifacts import FolderArtifactStore
+from search.artifacts import AtomicArtifactStore, FolderArtifactStore
 from search.dashboard import find_storage
 from search.dashboard import main as dashboard_main
 
@@ -37,6 +37,24 @@ def test_artifacts_are_read_from_every_folder_and_written_to_the_first(tmp_path:
     assert not (second / "abc").exists()
     with pytest.raises(ArtifactNotFound):
         store.open_reader("abc")
+
+
+def test_an_artifact_appears_only_once_complete(tmp_path: Path) -> None:
+    class Breaks(io.BytesIO):  # a copy killed halfway: the first chunk, then an error
+        def read(self, size: int = -1) -> bytes:
+            if self.tell() > 0:
+                raise OSError("killed")
+            return super().read(4)
+
+    store = AtomicArtifactStore(tmp_path)
+    with pytest.raises(OSError, match="killed"):
+        store.write("half", Breaks(b"0123456789"))
+    assert list(tmp_path.iterdir()) == []
+    store.write("whole", io.BytesIO(b"0123456789"))
+    assert [p.name for p in tmp_path.iterdir()] == ["whole"]
+    assert (tmp_path / "whole").read_bytes() == b"0123456789"
+    with pytest.raises(ValueError, match="invalid artifact id"):
+        store.write("../outside", io.BytesIO(b"x"))
 
 
 def study_file(folder: Path, name: str) -> None:

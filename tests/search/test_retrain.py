@@ -9,7 +9,7 @@ import torch
 
 import search.experiment
 from search.checkpoint import load_model
-from search.export import export_onnx, export_torchscript
+from search.export import main as export_main
 from search.predict import main as predict_main
 from search.retrain import main as retrain_main
 from search.retrain import retrained_results, select_trials
@@ -37,7 +37,7 @@ def searched(tmp_path_factory):
     return root
 
 
-def retrain_args(root, out, *extra: str) -> list[str]:
+def retrain_args(root, out, *extra: str, export: bool = False) -> list[str]:
     return [
         "--storage",
         f"sqlite:///{root}/results/tiny.db",
@@ -52,7 +52,7 @@ def retrain_args(root, out, *extra: str) -> list[str]:
         "--device",
         "cpu",
         "--no-progress",
-        "--no-export",
+        *([] if export else ["--no-export"]),
         "--out",
         str(out),
         *extra,
@@ -170,15 +170,31 @@ def test_killed_retrain_resumes_to_the_same_result(searched, tmp_path, monkeypat
         assert torch.equal(p, q)
 
 
-def test_exports_agree_with_pytorch(searched, tmp_path) -> None:
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_exports_agree_with_pytorch(searched, tmp_path, capsys) -> None:
+    # A retrain exports by default: TorchScript and ONNX beside each model, same logits.
     out = tmp_path / "out"
-    assert retrain_main(retrain_args(searched, out)) == 0
+    assert retrain_main(retrain_args(searched, out, export=True)) == 0
     [model_file] = (out / "retrain").glob("*/seed-0/model.safetensors")
     model, info = load_model(model_file)
-    ts = export_torchscript(model, tmp_path / "m.pt", in_channels=3, image_size=info.image_size)
-    assert ts.ok and ts.max_abs_diff < 1e-5
-    onnx = export_onnx(model, tmp_path / "m.onnx", in_channels=3, image_size=info.image_size)
-    assert onnx.max_abs_diff is not None and onnx.ok
+    x = torch.randn(5, info.in_channels, *info.image_size)
+    with torch.no_grad():
+        expected = model.eval()(x)
+        scripted = torch.jit.load(str(model_file.parent / "model.torchscript.pt"))(x)
+    assert torch.allclose(scripted, expected, atol=1e-5)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(model_file.parent / "model.onnx"))
+    (from_onnx,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert torch.allclose(torch.from_numpy(from_onnx), expected, atol=1e-4)
+    # The command does the same into another folder and reports both checks.
+    capsys.readouterr()
+    assert export_main([str(model_file), "--out", str(tmp_path / "again")]) == 0
+    assert {p.name for p in (tmp_path / "again").iterdir()} == {
+        "model.torchscript.pt",
+        "model.onnx",
+    }
+    assert capsys.readouterr().out.count("max |diff|") == 2
 
 
 def test_predict_prints_top_k_class_names(searched, tmp_path, capsys) -> None:

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 import search.study
 from search import provenance
 from search.run import main as run_main
+from search.training import EpochStats
 from space import Genotype, count_params
 from space.searchspace import SearchSpace, sample
 from tests.conftest import ROOT
@@ -51,8 +52,37 @@ def test_four_trial_search_end_to_end(tmp_path, capsys) -> None:
         assert t.user_attrs["worker"]["pid"] == os.getpid()
     # One line per trial, then the summary with the top table and the dashboard command.
     assert sum(line.startswith("trial ") for line in out.splitlines()) == 4
-    assert "top trials" in out and "optuna-dashboard sqlite:///results/tiny.db" in out
+    assert "top trials" in out
+    assert "optuna-dashboard sqlite:///results/tiny.db --artifact-dir results/tiny/artifacts" in out
+    assert (tmp_path / "results" / "tiny" / "artifacts").is_dir()
     assert "use at least half of the 20k budget" in out and "trials/hour" in out
+
+
+def test_hyperband_prunes_the_weaker_trials_and_they_keep_their_curves(
+    tmp_path, monkeypatch
+) -> None:
+    # A scripted trainer: trial n reaches 0.9 - 0.05 n after every epoch, so later trials are
+    # always worse, and Hyperband (3 epochs, factor 3) must stop some of them after epoch 1.
+    def scripted_fit(model, train, *, config, on_epoch, **_):
+        accuracy = 0.9 - 0.05 * (config.seed - 1)  # seed = --seed + trial number
+        for epoch in range(1, config.epochs + 1):
+            on_epoch(EpochStats(epoch, 0.1, 1.0, 0.5, accuracy - 0.01 * (3 - epoch), 100.0, 0.01))
+
+    monkeypatch.setattr(search.study, "fit", scripted_fit)
+    args = search_args(tmp_path, "--epochs", "3", "--seed", "1", trials=12)
+    assert run_main(args) == 0
+    trials = load(tmp_path).get_trials()
+    trained = [t for t in trials if "duplicate_of" not in t.user_attrs]
+    by_hyperband = [t for t in trained if "pruned by Hyperband" in t.user_attrs["status"]]
+    complete = [t for t in trained if t.state == TrialState.COMPLETE]
+    assert complete and any(t.user_attrs["epochs_run"] < 3 for t in by_hyperband)
+    for t in by_hyperband:  # Optuna's Hyperband also has a rung at the last epoch
+        assert t.state == TrialState.PRUNED and t.user_attrs["epochs_run"] <= 3
+        assert t.user_attrs["curve"] == list(t.intermediate_values.values())
+        assert t.value == t.user_attrs["curve"][-1]  # the accuracy when it was stopped
+    for t in complete:
+        assert len(t.user_attrs["curve"]) == 3 and t.value == t.user_attrs["curve"][-1]
+    assert trials[0].state == TrialState.COMPLETE  # the best, and first in its bracket
 
 
 def test_rejected_candidates_cost_no_training(tmp_path, monkeypatch, capsys) -> None:
@@ -159,3 +189,31 @@ def test_presets_load() -> None:
         )
         assert plan.budget in (400_000, 5_000_000, 100_000)
         assert plan.train.epochs >= 1
+
+
+def test_workers_get_one_gpu_each_round_robin_or_a_share_of_the_cores(monkeypatch) -> None:
+    from search.run import _visible_gpus, worker_env
+
+    gpus = ["0", "1", "2"]
+    assigned = [worker_env(i, 5, gpus, {"PATH": "/bin"}, 16) for i in range(5)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in assigned] == ["0", "1", "2", "0", "1"]
+    assert all(e["PATH"] == "/bin" and "OMP_NUM_THREADS" not in e for e in assigned)
+    assert worker_env(1, 4, [], {}, 16)["OMP_NUM_THREADS"] == "4"
+    assert worker_env(1, 4, [], {}, 2)["OMP_NUM_THREADS"] == "1"
+    assert worker_env(0, 2, [], {"OMP_NUM_THREADS": "3"}, 16)["OMP_NUM_THREADS"] == "3"
+    # A CUDA_VISIBLE_DEVICES the user set is what the workers share.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4, 6")
+    assert _visible_gpus() == ["4", "6"]
+
+
+def test_flags_override_the_preset() -> None:
+    from search.run import build_parser, resolve
+
+    preset = ["--config", str(ROOT / "configs" / "cpu-smoke.toml")]
+    base = resolve(build_parser().parse_args(preset))
+    plan = resolve(
+        build_parser().parse_args([*preset, "--budget", "250k", "--epochs", "7", "--trials", "3"])
+    )
+    assert (plan.budget, plan.train.epochs, plan.search.trials) == (250_000, 7, 3)
+    assert (base.budget, base.train.epochs) != (plan.budget, plan.train.epochs)
+    assert plan.train.batch_size == base.train.batch_size  # what no flag names stays the preset's

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
+import threading
 
 import pytest
 import torch
@@ -90,6 +92,16 @@ def test_loss_goes_down_and_the_net_learns(data) -> None:
     assert len(history.epochs) == 6 and all(e.images_per_s > 0 for e in history.epochs)
 
 
+def test_progress_bar_shows_running_loss_accuracy_and_speed(data, monkeypatch, capsys) -> None:
+    monkeypatch.setattr("search.training.SYNC_EVERY", 1)
+    run(data, TrainConfig(epochs=1, batch_size=16, lr=0.1), progress=True)
+    shown = capsys.readouterr().err.split("\r")
+    mid_epoch = [line for line in shown if "2/" in line.split("|")[-1] and "lr=" in line]
+    assert mid_epoch, shown  # a postfix written after step 2, before the epoch ended
+    for shown_figure in (r"loss=\d\.\d{3}", r"acc=[01]\.\d{3}", r"img_s=\d+", r"lr=0\.\d+"):
+        assert re.search(shown_figure, mid_epoch[0]), mid_epoch[0]
+
+
 def test_same_seed_same_result_other_seed_differs(data) -> None:
     config = TrainConfig(epochs=2, batch_size=16, lr=0.1, seed=7)
     aug = Augment(
@@ -125,6 +137,35 @@ def test_raising_from_on_epoch_stops_training(data) -> None:
         run(data, TrainConfig(epochs=5, batch_size=16), on_epoch=on_epoch)
     assert [s.epoch for s in seen] == [1, 2]
     assert seen[0].eval_acc is not None
+
+
+def test_stop_event_ends_training_at_the_next_step(data) -> None:
+    # As Ctrl-C does: the handler only sets the event, mid-step; fit raises at the next step.
+    stop = threading.Event()
+    model = build(TINY, num_classes=3)
+    forwards = []
+
+    def count(module, inputs):
+        forwards.append(inputs[0].shape[0])
+        if len(forwards) == 3:
+            stop.set()
+
+    model.register_forward_pre_hook(count)
+    epochs: list[EpochStats] = []
+    with pytest.raises(KeyboardInterrupt):
+        fit(
+            model,
+            data.train,
+            augment=TINY.augment,
+            normalization=norm(data),
+            num_classes=3,
+            config=TrainConfig(epochs=3, batch_size=16),
+            device=CPU,
+            eval_set=data.val,
+            on_epoch=epochs.append,
+            stop=stop,
+        )
+    assert len(forwards) == 3 and not epochs  # no fourth step, no evaluation, no epoch end
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])

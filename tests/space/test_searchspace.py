@@ -61,6 +61,24 @@ def test_fixed_values_are_not_drawn() -> None:
     build(drawn.genotype, num_classes=10)
 
 
+def test_which_stages_downsample_comes_from_the_preset() -> None:
+    def patterns(space: SearchSpace) -> set[tuple[bool, ...]]:
+        s, seen = study(2), set()
+        for _ in range(60):
+            trial = s.ask()
+            g = sample(trial, space, budget=400_000, num_classes=10).genotype
+            seen.add(tuple(st.downsample for st in g.stages))
+            s.tell(trial, 0.0)
+        return seen
+
+    default = patterns(SearchSpace.load(DEFAULT))  # stage 1 drawn, later stages always halve
+    assert {p[0] for p in default} == {False, True} and all(all(p[1:]) for p in default)
+    raw = load_toml(DEFAULT)
+    raw["params"]["later_downsample"] = [True, False]
+    drawn = patterns(SearchSpace.from_dict(raw))
+    assert any(not all(p[1:]) for p in drawn) and any(all(p[1:]) for p in drawn)
+
+
 def test_unfitted_space_reports_over_budget_shapes() -> None:
     raw = load_toml(DEFAULT)
     raw["fit_to_budget"] = False
