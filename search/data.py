@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -368,6 +369,7 @@ def _check_layout(
 def _list_tarball(path: Path) -> list[_File]:
     """Every image of the tarball, found as ``[top/]{train,test}/<class>/<file>``."""
     entries: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
+    folders: set[tuple[str, str]] = set()  # (split, class) of every class folder, empty or not
     tops: set[str] = set()
     try:
         with tarfile.open(path, "r:*") as tar:
@@ -375,6 +377,9 @@ def _list_tarball(path: Path) -> list[_File]:
                 parts = [p for p in member.name.split("/") if p not in ("", ".")]
                 if len(parts) >= 3 and parts[-3] in ("train", "test"):
                     tops.add("/".join(parts[:-3]))
+                is_class_folder = len(parts) >= 2 and parts[-2] in ("train", "test")
+                if member.isdir() and is_class_folder and not parts[-1].startswith("."):
+                    folders.add((parts[-2], parts[-1]))
                 if not member.isfile() or not member.name.lower().endswith(IMAGE_SUFFIXES):
                     continue
                 if len(parts) < 3 or parts[-3] not in ("train", "test"):
@@ -390,8 +395,9 @@ def _list_tarball(path: Path) -> list[_File]:
             f"{path}: holds several train/test trees ({', '.join(sorted(tops))}); "
             "expected one [top/]{train,test}/<class>/ tree"
         )
+    found = folders | set(entries)
     class_lists = {
-        s: sorted({c for (split, c) in entries if split == s}) or None for s in ("train", "test")
+        s: sorted({c for (split, c) in found if split == s}) or None for s in ("train", "test")
     }
     if not entries:
         raise UserError(
@@ -416,8 +422,10 @@ def _decode_one(item: _File, image_size: int | None) -> np.ndarray:
                 img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        # PIL names the in-memory buffer ("<_io.BytesIO object at 0x...>"), not the file.
+        reason = "an empty file" if not data else re.sub(r" ?<_io\.BytesIO[^>]*>", "", str(exc))
         raise UserError(
-            f"{where}: cannot decode the image ({exc}); expected a PNG or JPEG"
+            f"{where}: cannot decode the image ({reason}); expected a PNG or JPEG"
         ) from None
 
 

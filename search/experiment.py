@@ -62,6 +62,42 @@ class Experiment:
         }
 
 
+# What a run folder holds (see the module's docstring), and the exports made beside the model.
+RUN_FILES = frozenset(
+    {
+        "config.json",
+        "state.pt",
+        "history.csv",
+        "model.safetensors",
+        "genotype.toml",
+        "metrics.json",
+        "model.torchscript.pt",
+        "model.onnx",
+        "model.onnx.data",
+    }
+)
+
+
+def _discard_run(out: Path, fresh_flag: str) -> None:
+    """Delete a run folder for ``fresh``; refuse a folder that holds anything else, so that a
+    mistyped ``--out`` cannot delete a user's files."""
+    if not out.is_dir():
+        raise UserError(f"{out} is a file, not a run folder")
+    # A temporary file of an interrupted atomic write is ".<name>.<random>.tmp".
+    foreign = sorted(
+        p.name
+        for p in out.iterdir()
+        if p.name not in RUN_FILES and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+    )
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise UserError(
+            f"{out} holds files that are not a training run's ({shown}); {fresh_flag} deletes "
+            "only a run folder: choose another output folder"
+        )
+    shutil.rmtree(out)
+
+
 def run_experiment(
     experiment: Experiment,
     dataset: Dataset,
@@ -72,26 +108,28 @@ def run_experiment(
     progress: bool = False,
     extra: dict[str, Any] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    fresh_flag: str = "--fresh",
 ) -> dict[str, Any]:
-    """Train ``experiment`` on ``dataset`` into ``out`` (or resume it); return its metrics."""
+    """Train ``experiment`` on ``dataset`` into ``out`` (or resume it); return its metrics.
+    ``fresh_flag`` is how the command's user asks for ``fresh``, for the messages."""
     settings = experiment.settings()
     config_path, metrics_path = out / "config.json", out / "metrics.json"
     if fresh and out.exists():
-        shutil.rmtree(out)
+        _discard_run(out, fresh_flag)
     if config_path.exists():
-        recorded = _read_json(config_path).get("settings")
+        recorded = _read_json(config_path, fresh_flag).get("settings")
         if recorded != settings:
             key, there, now = first_difference(recorded, settings)
             raise UserError(
                 f"{out} holds a run with other settings ({key}: {there!r} there, {now!r} now); "
-                "pass --fresh to start it over, or choose another output folder"
+                f"pass {fresh_flag} to start it over, or choose another output folder"
             )
         if metrics_path.exists():
-            return _read_json(metrics_path)
+            return _read_json(metrics_path, fresh_flag)
     elif (out / "state.pt").exists():
         raise UserError(
             f"{out} holds a training state (state.pt) without the config.json that explains it; "
-            "pass --fresh to start over, or choose another output folder"
+            f"pass {fresh_flag} to start over, or choose another output folder"
         )
     g = experiment.genotype
     params, macs = count(
@@ -199,26 +237,31 @@ def _write_history(path: Path, epochs: list[EpochStats]) -> None:
 
 
 def _read_history(path: Path) -> list[EpochStats]:
-    if not path.exists():
-        return []
+    """The epochs in history.csv; none when it is missing or damaged (the full history is
+    rewritten from the training state when the run ends)."""
     rows = []
-    for row in csv.DictReader(io.StringIO(path.read_text())):
-        rows.append(
-            EpochStats(
-                epoch=int(row["epoch"]),
-                lr=float(row["lr"]),
-                train_loss=float(row["train_loss"]),
-                train_acc=float(row["train_acc"]),
-                eval_acc=float(row["eval_acc"]) if row["eval_acc"] else None,
-                images_per_s=float(row["images_per_s"]),
-                seconds=float(row["seconds"]),
+    try:
+        for row in csv.DictReader(io.StringIO(path.read_text())):
+            rows.append(
+                EpochStats(
+                    epoch=int(row["epoch"]),
+                    lr=float(row["lr"]),
+                    train_loss=float(row["train_loss"]),
+                    train_acc=float(row["train_acc"]),
+                    eval_acc=float(row["eval_acc"]) if row["eval_acc"] else None,
+                    images_per_s=float(row["images_per_s"]),
+                    seconds=float(row["seconds"]),
+                )
             )
-        )
+    except (OSError, KeyError, TypeError, ValueError):
+        return []
     return rows
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path, fresh_flag: str) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot be read ({exc}); pass --fresh to start over") from None
+        raise UserError(
+            f"{path}: cannot be read ({exc}); pass {fresh_flag} to start over"
+        ) from None

@@ -25,7 +25,7 @@ import torch
 
 from search.checkpoint import load_model
 from space._cli import ArgumentParser
-from space._io import check_writable, write_atomic
+from space._io import check_writable_folder, write_atomic
 from space.errors import UserError
 
 TOLERANCE = 1e-4  # max |logit difference| between an export and PyTorch on random input
@@ -102,24 +102,19 @@ def export_onnx(
     return ExportResult(path, diff)
 
 
-def export_all(model_file: Path, out: Path, *, onnx: bool = True) -> list[ExportResult]:
-    """Both exports of a model file into ``out``."""
+def export_all(
+    model_file: Path, out: Path, *, onnx: bool = True, missing_only: bool = False
+) -> list[ExportResult]:
+    """Both exports of a model file into ``out`` (``missing_only``: those not there yet)."""
     model, info = load_model(model_file)
-    results = [
-        export_torchscript(
-            model,
-            out / "model.torchscript.pt",
-            in_channels=info.in_channels,
-            image_size=info.image_size,
-        )
-    ]
+    exporters = [("model.torchscript.pt", export_torchscript)]
     if onnx:
-        results.append(
-            export_onnx(
-                model, out / "model.onnx", in_channels=info.in_channels, image_size=info.image_size
-            )
-        )
-    return results
+        exporters.append(("model.onnx", export_onnx))
+    return [
+        export(model, out / name, in_channels=info.in_channels, image_size=info.image_size)
+        for name, export in exporters
+        if not (missing_only and (out / name).exists())
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         out = args.out or args.model.parent
         load_model(args.model)  # a bad file fails here, before anything is written
-        check_writable(out)
+        check_writable_folder(out)
         if not args.no_onnx and not onnx_available():
             raise UserError(
                 "ONNX export needs onnx and onnxscript: pip install -e '.[export]', or --no-onnx"

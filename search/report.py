@@ -53,7 +53,7 @@ from search.storage import open_existing_storage
 from search.study import is_rejected
 from space import format_count
 from space._cli import ArgumentParser
-from space._io import check_writable, write_text_atomic
+from space._io import check_writable_folder, write_text_atomic
 from space.errors import UserError
 
 GRAPH_OBJECT_ID = "budget-nas-pareto"  # fixed, so that saving it again replaces it
@@ -406,10 +406,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out or (
             args.results / views[0].name / "report" if len(views) == 1 else args.results / "compare"
         )
-        check_writable(out)
+        check_writable_folder(out)
         if not args.no_dashboard:
             for view in views:
-                check_writable(artifact_dir(args.results, view.name))
+                check_writable_folder(artifact_dir(args.results, view.name))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

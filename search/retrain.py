@@ -41,22 +41,26 @@ from tqdm import tqdm
 from search.config import DataConfig, configure_torch, load_sections, merge, resolve_device
 from search.data import Dataset, load_dataset
 from search.experiment import Experiment, run_experiment
-from search.export import export_all, onnx_available
+from search.export import TOLERANCE, export_all, onnx_available
 from search.storage import ClaimLock, open_existing_storage
 from search.training import EpochStats, TrainConfig, TrainingDiverged
 from space import Genotype, format_count, parse_budget
 from space._cli import ArgumentParser
-from space._io import check_writable, write_atomic, write_json_atomic
+from space._io import check_writable_folder, write_atomic, write_json_atomic
 from space.errors import UserError
 
 # The recipe of a final training run, where a preset or a flag does not say otherwise.
 RETRAIN_DEFAULTS = {"epochs": 200, "warmup_epochs": 5.0, "tta_views": 6}
+# What a retrain takes over from the study's own training settings: the optimiser suited to its
+# data (a smoke study's batch of 64, say). Length, warmup and evaluation are the retrain's.
+STUDY_RECIPE = ("batch_size", "lr", "momentum", "nesterov", "weight_decay", "bf16", "channels_last")
 LEADERBOARD_COLUMNS = [
     "budget",
     "source",
     "name",
     "trial",
     "params",
+    "fits_budget",
     "macs",
     "val_acc",
     "test_acc",
@@ -166,17 +170,38 @@ def retrain(
                     **provenance,
                 },
                 on_epoch=on_epoch,
+                fresh_flag="--force",
             )
             bar.n = (i + 1) * train.epochs
             bar.refresh()
-            if export and not (run_dir / "model.torchscript.pt").exists():
-                export_all(run_dir / "model.safetensors", run_dir, onnx=onnx_available())
+            if export:
+                _export(run_dir, where=f"{candidate.name} seed {seed}")
             runs.append(metrics)
     finally:
         bar.close()
     summary = summarize_runs(candidate, runs, budget=budget, device=device)
     write_json_atomic(folder / "summary.json", summary)
     return summary
+
+
+def _export(run_dir: Path, *, where: str) -> None:
+    """TorchScript and ONNX beside the model, those not made yet. A failed export or check is
+    reported in a line and the retrain goes on: the trained weights are what matter."""
+    try:
+        results = export_all(
+            run_dir / "model.safetensors", run_dir, onnx=onnx_available(), missing_only=True
+        )
+    except Exception as exc:  # an exporter's limit; the next run tries the missing file again
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        tqdm.write(f"{where}: export failed ({type(exc).__name__}: {first})", file=sys.stderr)
+        return
+    for r in results:
+        if not r.ok:
+            tqdm.write(
+                f"{where}: {r.path.name} differs from PyTorch by {r.max_abs_diff:.2e} "
+                f"(tolerance {TOLERANCE:g}); check it before use",
+                file=sys.stderr,
+            )
 
 
 def summarize_runs(
@@ -198,6 +223,7 @@ def summarize_runs(
         "trial": candidate.trial,
         "key": candidate.genotype.key(),
         "params": runs[0]["params"],
+        "fits_budget": None if budget is None else runs[0]["params"] <= budget,
         "macs": runs[0]["macs"],
         "val_acc": candidate.val_acc,
         "test_acc": mean("test_acc"),
@@ -269,7 +295,9 @@ def record_in_study(study: optuna.Study, lock: ClaimLock, summaries: list[dict[s
             f"- validation accuracy in the search: {s['val_acc']:.4f}\n"
             f"- {s['train_minutes']:.1f} training minutes on {s['device']}\n"
         )
-        optuna_dashboard.save_note(optuna.trial.Trial(study, by_number[s["trial"]]._trial_id), note)
+        trial = optuna.trial.Trial(study, by_number[s["trial"]]._trial_id)
+        if optuna_dashboard.get_note(trial) != note:  # a rerun that trained nothing adds none
+            optuna_dashboard.save_note(trial, note)
 
 
 def retrained_results(study: optuna.Study) -> dict[int, dict[str, Any]]:
@@ -334,6 +362,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "study, and/or --arch FILE for an architecture file"
             )
         references = [Candidate(path.stem, "reference", Genotype.load(path)) for path in args.arch]
+        names = [c.name for c in references]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise UserError(
+                f"--arch files share a name ({', '.join(twice)}): each model trains into "
+                "retrain/<file name>/; rename one of them"
+            )
         presets = (
             load_sections(args.config, {"data": DataConfig, "train": TrainConfig})
             if args.config
@@ -342,17 +377,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         study = lock = None
         budget = parse_budget(args.budget) if args.budget is not None else None
         data_recorded: dict[str, Any] = {}
+        recipe_recorded: dict[str, Any] = {}
         candidates: list[Candidate] = []
         classes: list[str] | None = None
         if args.study_name is not None:
             storage_url = args.storage or f"sqlite:///results/{args.study_name}.db"
             study, lock = load_existing_study(storage_url, args.study_name)
+            settings = study.user_attrs.get("settings", {})
+            if "budget" not in study.user_attrs or "data" not in settings:
+                raise UserError(
+                    f"study {args.study_name!r} was not made by python -m search.run (it has "
+                    "no budget and settings record); retrain its networks with --arch FILE"
+                )
             budget = int(study.user_attrs["budget"])
+            if args.budget is not None and parse_budget(args.budget) != budget:
+                raise UserError(
+                    f"--budget {args.budget} differs from the study's budget of {budget:,}; "
+                    "leave --budget out with --study-name"
+                )
             searched_on = study.user_attrs.get("dataset", {})
             # Where the first run found the data; --data points elsewhere on another machine.
+            # Not its subset: a retrain trains on the whole training set unless --subset says.
             data_recorded = {
-                **study.user_attrs["settings"]["data"],
+                **{k: v for k, v in settings["data"].items() if k != "subset"},
                 "source": searched_on.get("source"),
+            }
+            recipe_recorded = {
+                k: v for k, v in settings.get("train", {}).items() if k in STUDY_RECIPE
             }
             classes = searched_on.get("classes")
             candidates = select_trials(study, budget, args.top)
@@ -372,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError("--arch without a study needs --data (cifar10, a folder or a tarball)")
         train = merge(
             TrainConfig,
-            RETRAIN_DEFAULTS,
+            {**recipe_recorded, **RETRAIN_DEFAULTS},
             presets.get("train", {}),
             {
                 "epochs": args.epochs,
@@ -389,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out or (
             Path("results") / (args.study_name or f"references-{Path(data.source).name}")
         )
-        check_writable(out)
+        check_writable_folder(out)
         dataset = load_dataset(
             data.source,
             val_size=0,
@@ -409,9 +460,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_torch(device)
     print(f"data    {dataset.describe()} (validation merged into training)")
+    warmup = min(train.warmup_epochs, train.epochs / 2)  # fit caps it at half the run
     print(
-        f"recipe  {train.epochs} epochs, batch {train.batch_size}, lr {train.lr}, warmup "
-        f"{train.warmup_epochs} epochs, EMA {train.ema_decay or 'off'}, {args.seeds} seed(s), "
+        f"recipe  {train.epochs} epochs, batch {train.batch_size}, lr {train.lr}"
+        + (" (the study's)" if _same(recipe_recorded, train, ("batch_size", "lr")) else "")
+        + f", warmup {warmup:g} epochs, EMA {train.ema_decay or 'off'}, {args.seeds} seed(s), "
         f"TTA {train.tta_views} views, on {device}"
     )
     summaries = []
@@ -450,6 +503,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(summaries)
     print(f"\nleaderboard: {out / 'leaderboard.csv'}")
     return 0
+
+
+def _same(recorded: dict[str, Any], train: TrainConfig, keys: tuple[str, ...]) -> bool:
+    return bool(recorded) and all(recorded.get(k) == getattr(train, k) for k in keys)
 
 
 def load_existing_study(url: str, name: str) -> tuple[optuna.Study, ClaimLock]:

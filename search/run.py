@@ -51,6 +51,7 @@ from search.study import (
     dataset_label,
     fail_stale_trials,
     fingerprint,
+    hyperband_brackets,
     make_sampler,
     open_study,
     resolve_space,
@@ -61,9 +62,9 @@ from search.study import (
 from search.training import TrainConfig
 from space import format_count, parse_budget
 from space._cli import ArgumentParser
-from space._io import check_writable
+from space._io import check_writable_folder
 from space.errors import UserError
-from space.searchspace import SearchSpace
+from space.searchspace import SearchSpace, smallest_network
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -166,6 +167,13 @@ def resolve(args: argparse.Namespace) -> Plan:
     budget = search.budget_params
     space_path = resolve_space(search.space)
     space = SearchSpace.load(space_path)
+    smallest = smallest_network(space)
+    if budget < smallest:
+        raise UserError(
+            f"budget {budget:,} is below every network of search space {space.name!r} (the "
+            f"smallest of many drawn has {smallest:,} parameters): every candidate would be "
+            "rejected; raise --budget or use a space of smaller networks"
+        )
     device = resolve_device(search.device)
     name = search.study_name or f"{dataset_label(data.source)}-{budget_label(budget)}"
     results = Path(search.results)
@@ -177,7 +185,7 @@ def resolve(args: argparse.Namespace) -> Plan:
             f"once: use --storage journal:///{results / name}.journal (one machine) or "
             "postgresql+psycopg://... (several machines)"
         )
-    check_writable(results)
+    check_writable_folder(results)
     check_storage_location(spec)
     return Plan(search, data, train, budget, space, name, spec.url, device)
 
@@ -288,7 +296,14 @@ def _run_worker(
     quiet: bool,
 ) -> str:
     """Run trials in this process; returns why it stopped."""
-    study.sampler = make_sampler(plan.search, existing=len(study.trials), worker=index)
+    study.sampler = make_sampler(
+        plan.search,
+        existing=len(study.trials),
+        worker=index,
+        brackets=hyperband_brackets(
+            plan.search.min_epochs, plan.train.epochs, plan.search.reduction_factor
+        ),
+    )
     on_device = dataclasses.replace(
         dataset,
         train=dataset.train.to(plan.device),
@@ -493,11 +508,12 @@ def _print_summary(plan: Plan, study: optuna.Study, before: set[int], started: f
         f"study {plan.study_name}: {s.total} trials ({s.complete} complete, {s.pruned} pruned, "
         f"{s.rejected} rejected over budget, {s.failed} failed"
         + (f", {s.running} running" if s.running else "")
+        + (f", {s.waiting} queued for retry" if s.waiting else "")
         + ")"
     )
     print(
-        f"budget use: {s.half_budget_share:.0%} of candidates use at least half of the "
-        f"{format_count(plan.budget)} budget; {s.rejected_share:.0%} were rejected over budget"
+        f"budget use: {s.half_budget_share:.0%} of candidates fit and use at least half of "
+        f"the {format_count(plan.budget)} budget; {s.rejected_share:.0%} were rejected over it"
     )
     if this_run and hours > 0:
         overhead = _overhead_share(this_run)

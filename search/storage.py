@@ -86,6 +86,8 @@ def check_storage_location(spec: StorageSpec) -> None:
         if spec.path.exists() and not spec.path.is_file():
             raise UserError(f"--storage {spec.url!r}: {spec.path} exists and is not a file")
         check_writable(spec.path)
+        if spec.kind == "sqlite" and spec.path.is_file() and spec.path.stat().st_size > 0:
+            _check_sqlite(spec, empty_ok=True)  # Optuna would add its tables to anything
         return
     import sqlalchemy
 
@@ -213,7 +215,8 @@ def open_existing_storage(url: str) -> tuple[StorageSpec, optuna.storages.BaseSt
     return spec, storage
 
 
-def _check_sqlite(spec: StorageSpec) -> None:
+def _check_sqlite(spec: StorageSpec, *, empty_ok: bool = False) -> None:
+    """The file must be an SQLite database with Optuna's tables (``empty_ok``: or no tables)."""
     assert spec.path is not None
     uri = spec.path.resolve().as_uri() + "?mode=ro"  # read-only: opening creates nothing
     try:
@@ -221,7 +224,7 @@ def _check_sqlite(spec: StorageSpec) -> None:
             rows = db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
     except sqlite3.DatabaseError as exc:
         raise UserError(f"--storage {spec.url!r}: not an SQLite database ({exc})") from None
-    if not {"studies", "trials"} <= {r[0] for r in rows}:
+    if not {"studies", "trials"} <= {r[0] for r in rows} and not (empty_ok and not rows):
         raise UserError(f"--storage {spec.url!r}: an SQLite file without Optuna's tables")
 
 
@@ -248,26 +251,40 @@ class ClaimLock:
     """A lock shared by every process working on one study, on any machine.
 
     ``flock`` on the SQLite or journal file itself (independent of SQLite's own locks), or a
-    PostgreSQL advisory lock keyed by the study name, on a connection kept for the purpose.
-    ``release`` is idempotent, so the holder may release early and a ``finally`` still works.
+    PostgreSQL advisory lock keyed by the study name. The advisory lock belongs to a database
+    session, so each claim checks a connection out of the pool (``pool_pre_ping`` replaces one
+    that a server restart or an idle timeout closed during the last trial) and gives it back
+    when released. ``release`` is idempotent, so the holder may release early and a ``finally``
+    still works.
     """
 
     def __init__(self, spec: StorageSpec, storage: BaseStorage, study_name: str) -> None:
         self._held = False
         self._file = None
+        self._engine = None
         self._connection = None
         if spec.path is not None:
             self._file = open(spec.path, "rb")  # noqa: SIM115 - held for the worker's lifetime
         else:
             assert isinstance(storage, RDBStorage)
-            self._connection = storage.engine.connect()
+            self._engine = storage.engine
             self._key = _lock_key(study_name)
 
     def acquire(self) -> None:
         if self._file is not None:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
         else:
-            self._advisory("SELECT pg_advisory_lock(:k)")
+            from sqlalchemy import text
+
+            assert self._engine is not None
+            connection = self._engine.connect()
+            try:
+                connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+                connection.commit()
+            except BaseException:
+                connection.close()
+                raise
+            self._connection = connection
         self._held = True
 
     def release(self) -> None:
@@ -276,19 +293,22 @@ class ClaimLock:
         self._held = False
         if self._file is not None:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
-        else:
-            self._advisory("SELECT pg_advisory_unlock(:k)")
+            return
+        from sqlalchemy import exc, text
+
+        connection, self._connection = self._connection, None
+        assert connection is not None
+        try:
+            connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+            connection.commit()
+        except exc.DBAPIError:
+            # The session is gone, and the server released its locks with it; this connection
+            # must not go back to the pool.
+            connection.invalidate()
+        finally:
+            connection.close()
 
     def close(self) -> None:
         self.release()
         if self._file is not None:
             self._file.close()
-        if self._connection is not None:
-            self._connection.close()
-
-    def _advisory(self, sql: str) -> None:
-        from sqlalchemy import text
-
-        assert self._connection is not None
-        self._connection.execute(text(sql), {"k": self._key})
-        self._connection.commit()

@@ -47,7 +47,9 @@ from space.errors import UserError
 from space.searchspace import SearchSpace, sample
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-ACTIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+# Trials that count toward the study's total. A WAITING trial (a queued retry) counts once it
+# runs: ``study.optimize`` takes a waiting trial before it draws a new one.
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 MAX_CONSECUTIVE_FAILURES = 3  # a worker whose trials keep failing stops instead of looping
 
 # Set by the entry point's Ctrl-C handler, which raises nothing itself: an exception raised
@@ -82,7 +84,7 @@ class SearchConfig:
     results: str = "results"  # folder of the default storage and of reports
     min_epochs: int = 1  # Hyperband: the fewest epochs a trial runs before it can be pruned
     reduction_factor: int = 3  # Hyperband: keep about 1 in this many at each rung
-    startup_trials: int = 10  # random trials before TPE starts modelling the space
+    startup_trials: int = 10  # random trials before TPE models the space, over all brackets
     heartbeat: int = 30  # seconds between heartbeats of a running trial (RDB storages)
     grace: int = 120  # seconds of silence after which another worker fails and retries it
 
@@ -98,6 +100,8 @@ class SearchConfig:
             raise SearchConfigError(
                 f"reduction_factor must be an integer >= 2, but got {self.reduction_factor!r}"
             )
+        if not 0 <= self.seed < 2**62:  # trial n trains with seed + n
+            raise SearchConfigError(f"seed must be an integer in [0, 2**62), but got {self.seed!r}")
         if self.startup_trials < 0:
             raise SearchConfigError(f"startup_trials must be >= 0, but got {self.startup_trials!r}")
         if self.timeout is not None and not self.timeout > 0:
@@ -265,15 +269,26 @@ def host_salt() -> int:
     return zlib.crc32(provenance.host().encode()) * 104_729
 
 
-def make_sampler(config: SearchConfig, *, existing: int, worker: int) -> optuna.samplers.TPESampler:
+def hyperband_brackets(min_epochs: int, max_epochs: int, reduction_factor: int) -> int:
+    """How many brackets Optuna's HyperbandPruner makes (its own formula)."""
+    return math.floor(math.log(max_epochs / min_epochs, reduction_factor)) + 1
+
+
+def make_sampler(
+    config: SearchConfig, *, existing: int, worker: int, brackets: int = 1
+) -> optuna.samplers.TPESampler:
     """TPE, multivariate over the dynamic (per-stage) space, with constant liar for parallel
     workers. The seed also depends on how many trials exist, which worker asks and on which
-    machine, so a resumed run or another worker does not repeat the first one's random start."""
+    machine, so a resumed run or another worker does not repeat the first one's random start.
+
+    Under Hyperband the sampler sees only the trials of the asking trial's bracket, so each
+    bracket has its own random start: ``startup_trials`` is shared out among the ``brackets``.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
             seed=(config.seed * 1_000_003 + existing * 7919 + worker + host_salt()) % 2**32,
-            n_startup_trials=config.startup_trials,
+            n_startup_trials=math.ceil(config.startup_trials / brackets),
             multivariate=True,
             group=True,
             constant_liar=True,
@@ -298,7 +313,6 @@ class Context:
 def objective(trial: optuna.Trial, ctx: Context) -> float:
     """Draw a candidate, reject it if over budget, reuse a duplicate, else train and report."""
     ds, budget = ctx.dataset, ctx.settings.budget
-    trial.set_user_attr("worker", worker_identity())
     drawn = sample(
         trial,
         ctx.settings.space,
@@ -316,7 +330,9 @@ def objective(trial: optuna.Trial, ctx: Context) -> float:
     trial.set_user_attr("params", params)
     trial.set_user_attr("macs", macs)
     trial.set_user_attr("budget_share", verdict.fraction)
-    trial.set_constraint("params_over_budget", params - budget)  # feasible when <= 0
+    with warnings.catch_warnings():  # a retry already holds its (identical) constraint
+        warnings.filterwarnings("ignore", message="The constraint value is ignored")
+        trial.set_constraint("params_over_budget", params - budget)  # feasible when <= 0
     if not verdict.fits:
         # No weight was allocated and no step trained; TPE learns from the excess.
         trial.set_user_attr("status", f"rejected: {verdict.message()}")
@@ -344,7 +360,9 @@ def objective(trial: optuna.Trial, ctx: Context) -> float:
         assert stats.eval_acc is not None
         trial.report(stats.eval_acc, stats.epoch)
         trial.set_user_attr("curve", [e.eval_acc for e in epochs])
-        if trial.should_prune():
+        # The last epoch is never pruned: the trial's training is done by then, and Optuna's
+        # Hyperband has a rung there that would throw a fully trained result away.
+        if stats.epoch < train.epochs and trial.should_prune():
             raise optuna.TrialPruned(f"pruned by Hyperband after epoch {stats.epoch}")
 
     torch.manual_seed(train.seed)
@@ -429,7 +447,29 @@ def find_twin(study: optuna.Study, number: int, key: str) -> FrozenTrial | None:
 
 
 def worker_identity() -> dict[str, Any]:
-    return {"host": provenance.host(), "pid": os.getpid(), "start": _process_start(os.getpid())}
+    """Who runs a trial. ``space`` tells whether another process can see this one's pid: the
+    same host name, boot and pid namespace (containers may share a host name, not their pids)."""
+    return {
+        "host": provenance.host(),
+        "pid": os.getpid(),
+        "start": _process_start(os.getpid()),
+        "space": _pid_space(),
+    }
+
+
+def _pid_space() -> str | None:
+    """This boot's id and this pid namespace's inode (Linux), or None where unknown."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return None
+
+
+def _sees_pid_of(worker: dict[str, Any]) -> bool:
+    """Whether this process can tell by pid if ``worker`` still runs."""
+    return worker.get("host") == provenance.host() and worker.get("space") == _pid_space()
 
 
 def _process_start(pid: int) -> int | None:
@@ -455,7 +495,8 @@ def _alive(pid: int, start: int | None) -> bool:
 def fail_stale_trials(study: optuna.Study, *, grace: int) -> list[int]:
     """Fail the RUNNING trials whose worker is gone, and retry each once. Returns their numbers.
 
-    A worker on this machine is gone when its pid no longer runs (or runs another program).
+    A worker on this machine (same boot and pid namespace) is gone when its pid no longer runs
+    (or runs another program).
     A worker anywhere is gone when its heartbeat (RDB storages) has been silent for ``grace``
     seconds. A RUNNING trial that never recorded its worker (killed within its first instant)
     is stale once it is older than ``grace`` seconds.
@@ -469,7 +510,6 @@ def fail_stale_trials(study: optuna.Study, *, grace: int) -> list[int]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
-    here = provenance.host()
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker")
@@ -481,7 +521,7 @@ def fail_stale_trials(study: optuna.Study, *, grace: int) -> list[int]:
             if age <= grace:
                 continue
             reason = "failed: its worker stopped before it recorded itself"
-        elif worker.get("host") == here and not _alive(worker["pid"], worker.get("start")):
+        elif _sees_pid_of(worker) and not _alive(worker["pid"], worker.get("start")):
             reason = "failed: its worker stopped (killed or crashed)"
         else:
             continue
@@ -497,9 +537,9 @@ def fail_stale_trials(study: optuna.Study, *, grace: int) -> list[int]:
 
 
 def count_active(study: optuna.Study) -> int:
-    """Trials that count toward the total: finished (complete, pruned, rejected), running, or
-    waiting to run (retries). Failed trials do not count: they are replaced."""
-    return len(study.get_trials(deepcopy=False, states=ACTIVE))
+    """Trials that count toward the total: finished (complete, pruned, rejected) or running.
+    Failed trials do not count: they are replaced, first by their queued retry."""
+    return len(study.get_trials(deepcopy=False, states=COUNTED))
 
 
 @dataclass
@@ -530,6 +570,10 @@ def work(
     failures = 0
 
     def claimed(trial: optuna.Trial) -> float:
+        # Who runs the trial is written before the lock is let go: a retry arrives with the
+        # attributes of the trial it replaces, whose dead worker would make it look stale.
+        trial.set_user_attr("worker", worker_identity())
+        trial.set_user_attr("status", "running")
         lock.release()
         try:
             stop_if_asked()
@@ -587,7 +631,8 @@ class Summary:
     rejected: int
     failed: int
     running: int
-    half_budget_share: float  # share of drawn candidates with at least half the budget
+    waiting: int  # queued retries
+    half_budget_share: float  # share of drawn candidates within the budget and over half of it
     rejected_share: float
     best: list[FrozenTrial]  # feasible complete trials, best first
 
@@ -597,7 +642,12 @@ def summarize(study: optuna.Study, budget: int, *, top: int = 5) -> Summary:
     drawn = [t for t in trials if "params" in t.user_attrs]
     rejected = [t for t in drawn if is_rejected(t)]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    feasible = [t for t in complete if is_feasible_complete(t, budget)]
+    # One row per genotype: a duplicate was not trained, it repeats its twin's result.
+    feasible = [
+        t
+        for t in complete
+        if is_feasible_complete(t, budget) and "duplicate_of" not in t.user_attrs
+    ]
     best = sorted(feasible, key=lambda t: (-t.value, t.user_attrs["params"]))[:top]  # type: ignore[operator]
     return Summary(
         total=len(trials),
@@ -606,8 +656,11 @@ def summarize(study: optuna.Study, budget: int, *, top: int = 5) -> Summary:
         rejected=len(rejected),
         failed=sum(t.state == TrialState.FAIL for t in trials),
         running=sum(t.state == TrialState.RUNNING for t in trials),
+        waiting=sum(t.state == TrialState.WAITING for t in trials),
         half_budget_share=(
-            sum(t.user_attrs["params"] >= budget / 2 for t in drawn) / len(drawn) if drawn else 0.0
+            sum(budget / 2 <= t.user_attrs["params"] <= budget for t in drawn) / len(drawn)
+            if drawn
+            else 0.0
         ),
         rejected_share=len(rejected) / len(drawn) if drawn else 0.0,
         best=best,

@@ -22,7 +22,7 @@ from search.data import load_dataset
 from search.experiment import Experiment, run_experiment
 from search.training import EpochStats, TrainConfig, TrainingDiverged
 from space._cli import ArgumentParser
-from space._io import check_writable
+from space._io import check_writable_folder
 from space.errors import UserError
 from space.genotype import Genotype
 
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             where="training settings",
         )
         out = args.out or Path("results") / "train" / args.arch.stem
-        check_writable(out)
+        check_writable_folder(out)
         configure_torch(device)
         progress = not args.no_progress
         dataset = load_dataset(

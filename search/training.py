@@ -53,7 +53,8 @@ class TrainConfig:
 
     epochs: int = 30
     batch_size: int = 512
-    lr: float = 0.4  # peak learning rate at this batch size (0.1 per 128 images)
+    lr: float = 0.4  # peak learning rate, as given: not rescaled when batch_size changes
+    # (0.4 at 512 is the linear rule's 0.1 per 128 images; scale both together)
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4  # on conv and linear weights; none on BN weights and biases
@@ -81,6 +82,12 @@ class TrainConfig:
             raise TrainConfigError(
                 f"tta_views must be in [1, {len(TTA_VIEWS)}], but got {self.tta_views!r}"
             )
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not 0 <= self.seed < 2**63
+        ):
+            raise TrainConfigError(f"seed must be an integer in [0, 2**63), but got {self.seed!r}")
         if not 0 <= self.tta_shift <= 8:
             raise TrainConfigError(f"tta_shift must be in [0, 8], but got {self.tta_shift!r}")
 
@@ -192,6 +199,8 @@ def fit(
     )
     images = train.images.to(device)
     labels = train.labels.to(device)
+    if eval_set is not None:  # on the device once, not copied batch by batch every epoch
+        eval_set = eval_set.to(device)
     steps_per_epoch = max(1, len(train) // config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     # At most half the run: a 5-epoch warmup in a 3-epoch run would never reach the decay.

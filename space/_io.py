@@ -64,3 +64,11 @@ def check_writable(path: Path) -> None:
         raise UserError(
             f"{path}: cannot write there (cannot create files in {existing}: {exc.strerror})"
         ) from None
+
+
+def check_writable_folder(path: Path) -> None:
+    """``check_writable`` for a folder that results go into: a file of that name is an error."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: is a file; expected a folder (or a path to create one at)")
+    check_writable(path)

@@ -154,6 +154,12 @@ class Genotype:
             if not isinstance(raw, Mapping):
                 raise GenotypeError(f"stages[{i}] must be a table, but got {raw!r}")
             _check_keys(f"stages[{i}]", raw, Stage)
+            missing = [name for name in ("depth", "width") if name not in raw]
+            if missing:
+                raise GenotypeError(
+                    f"stages[{i}] has no {' or '.join(missing)}: every stage needs a depth "
+                    "(blocks) and a width (channels)"
+                )
             stages.append(Stage(**raw))
         raw_aug = data.get("augment", {})
         if not isinstance(raw_aug, Mapping):

@@ -12,6 +12,7 @@ all widths together so that the network fills a drawn share of the parameter bud
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,3 +327,40 @@ def sample(
         genotype = scaled
     params = count_params(genotype, num_classes=num_classes, in_channels=in_channels)
     return Sample(genotype=genotype, params=params, target=target, fitted=fitted)
+
+
+class _RandomTrial:
+    """Uniform random draws in the shape of ``TrialLike`` (no study, no storage)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int:
+        return low + step * self._rng.randint(0, (high - low) // step)
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        return self._rng.uniform(low, high)
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self._rng.choice(list(choices))
+
+
+def smallest_network(space: SearchSpace, *, draws: int = 256, seed: int = 0) -> int:
+    """About the fewest parameters a network of ``space`` can have: the narrowest version of
+    ``draws`` random shapes (every width ``width_multiple`` where the space scales widths),
+    counted for 2 classes and 1 input channel, which no data set undercuts. A budget below it
+    would reject every candidate untrained."""
+    rng = random.Random(seed)
+    smallest = None
+    for _ in range(draws):
+        g = sample(_RandomTrial(rng), space, budget=None, num_classes=2, in_channels=1).genotype
+        if space.fit_to_budget:
+            g = scale_widths(g, 0.0, multiple=space.width_multiple)
+        n = count_params(g, num_classes=2, in_channels=1)
+        smallest = n if smallest is None else min(smallest, n)
+    assert smallest is not None
+    return smallest

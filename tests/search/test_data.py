@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tarfile
 import urllib.error
 
 import pytest
@@ -175,6 +176,33 @@ def test_empty_class(tmp_path) -> None:
 
     message = _bad(tmp_path, build)
     assert "train/bee" in message and "no images" in message
+
+
+@pytest.mark.parametrize("splits", [("train",), ("train", "test")])
+def test_empty_class_in_a_tarball(tmp_path, splits) -> None:
+    # tar packs the empty class folder as a directory entry, with no file under it.
+    def build(p):
+        root = make_image_folder(p / "d")
+        for split in splits:
+            for f in (root / split / "bee").iterdir():
+                f.unlink()
+        with tarfile.open(p / "d.tar", "w") as tar:
+            tar.add(root, arcname="data")
+        return p / "d.tar"
+
+    message = _bad(tmp_path, build)
+    assert "train/bee/ has no images" in message
+
+
+def test_empty_image_file_is_named_plainly(tmp_path) -> None:
+    def build(p):
+        root = make_image_folder(p / "d")
+        (root / "train" / "cat" / "0001.png").write_bytes(b"")
+        return root
+
+    message = _bad(tmp_path, build)
+    assert "0001.png: cannot decode the image (an empty file)" in message
+    assert "BytesIO" not in message
 
 
 def test_class_lists_differ(tmp_path) -> None:

@@ -192,3 +192,37 @@ def test_machines_opening_an_empty_database_at_once(postgres_url: str) -> None:
         t.join()
     assert errors == []
     assert [s.study_name for s in optuna.get_all_study_summaries(postgres_url)] == [STUDY]
+
+
+def test_claim_lock_outlives_a_dropped_connection(postgres_url: str) -> None:
+    # A trial can run for an hour; a server restart or an idle timeout in between closes the
+    # connections the worker holds. The next claim must get a fresh one, and the lock must
+    # still exclude a second worker.
+    import sqlalchemy
+
+    from search.storage import ClaimLock
+
+    spec = parse_storage(postgres_url)
+    storage = open_storage(spec, heartbeat=30, grace=120)
+    one, two = ClaimLock(spec, storage, STUDY), ClaimLock(spec, storage, STUDY)
+    one.acquire()
+    one.release()
+    admin = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
+    with admin.connect() as c:  # drop every other session of the database, as a restart would
+        c.execute(
+            sqlalchemy.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    one.acquire()
+    got = threading.Event()
+    waiter = threading.Thread(target=lambda: (two.acquire(), got.set()))
+    waiter.start()
+    assert not got.wait(1.0), "a second worker claimed while the first held the lock"
+    one.release()
+    assert got.wait(10.0)
+    waiter.join()
+    two.close()
+    one.close()
+    admin.dispose()

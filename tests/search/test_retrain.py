@@ -160,8 +160,21 @@ def test_killed_retrain_resumes_to_the_same_result(searched, tmp_path, monkeypat
 
     monkeypatch.setattr(search.experiment, "fit", fit_killed_after_two)
     assert retrain_main(retrain_args(searched, killed, "--epochs", "3")) == 130
-    monkeypatch.setattr(search.experiment, "fit", real_fit)
+    [history] = (killed / "retrain").glob("*/seed-0/history.csv")
+    before = history.read_text().splitlines()
+    trained = []
+
+    def fit_counting(*a, **k):
+        callback = k["on_epoch"]
+        return real_fit(
+            *a, **{**k, "on_epoch": lambda st: (trained.append(st.epoch), callback(st))}
+        )
+
+    monkeypatch.setattr(search.experiment, "fit", fit_counting)
     assert retrain_main(retrain_args(searched, killed, "--epochs", "3")) == 0
+    assert trained == [3]  # only the epoch the kill left undone
+    after = history.read_text().splitlines()
+    assert len(before) == 3 and after[:3] == before and len(after) == 4  # rows kept, timings too
     [a] = (whole / "retrain").glob("*/seed-0/model.safetensors")
     [b] = (killed / "retrain").glob("*/seed-0/model.safetensors")
     model_a, _ = load_model(a)
@@ -220,6 +233,20 @@ def test_predict_prints_top_k_class_names(searched, tmp_path, capsys) -> None:
         assert set(names) <= {"ant", "bee", "cat"} and probs == sorted(probs, reverse=True)
 
 
+def _copy(source, target):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(source.read_bytes())
+    return target
+
+
+def _plain_study(tmp) -> str:
+    """A study of someone's own Optuna code: trials, but none of the search's records."""
+    url = f"sqlite:///{tmp}/plain.db"
+    study = optuna.create_study(storage=url, study_name="plain", direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    return url
+
+
 @pytest.mark.parametrize(
     ("make", "fragment"),
     [
@@ -239,6 +266,25 @@ def test_predict_prints_top_k_class_names(searched, tmp_path, capsys) -> None:
         (lambda root, tmp: [], "nothing to retrain"),
         (lambda root, tmp: ["--arch", str(REFERENCE)], "needs --data"),
         (lambda root, tmp: ["--arch", str(tmp / "missing.toml"), "--data", "x"], "no such file"),
+        (
+            lambda root, tmp: [
+                "--arch",
+                str(REFERENCE),
+                "--arch",
+                str(_copy(REFERENCE, tmp / "other" / REFERENCE.name)),
+                "--data",
+                str(root / "data"),
+            ],
+            "--arch files share a name (mini-resnet)",
+        ),
+        (
+            lambda root, tmp: [*retrain_args(root, tmp / "o")[:4], "--budget", "5M"],
+            "differs from the study's budget",
+        ),
+        (
+            lambda root, tmp: ["--study-name", "plain", "--storage", _plain_study(tmp)],
+            "was not made by python -m search.run",
+        ),
     ],
 )
 def test_retrain_bad_input(searched, tmp_path, capsys, make, fragment) -> None:
@@ -280,3 +326,68 @@ def test_predict_bad_model_files(searched, tmp_path, capsys, damage) -> None:
     assert predict_main([str(path), str(image)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_recipe_comes_from_the_study_and_the_whole_training_set_is_used(tmp_path, capsys) -> None:
+    # A study searched on a subset with batch 8: the retrain keeps the optimiser settings
+    # suited to that data, but trains on every training image, validation ones included.
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert run_main(search_args(tmp_path, "--subset", "3", trials=2)) == 0
+    finally:
+        os.chdir(cwd)
+    out = tmp_path / "out"
+    args = [a for a in retrain_args(tmp_path, out) if a not in ("--batch-size", "8")]
+    assert retrain_main(args) == 0
+    assert "batch 8, lr 0.4 (the study's)" in capsys.readouterr().out
+    [config] = (out / "retrain").glob("*/seed-0/config.json")
+    recorded = json.loads(config.read_text())
+    assert recorded["settings"]["train"]["batch_size"] == 8
+    assert recorded["settings"]["data"]["subset"] is None
+    assert "30 train / 0 val" in recorded["dataset"]  # every image: 10 per class
+
+
+def test_a_failed_export_is_reported_and_tried_again(searched, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    import search.export
+
+    real_onnx = search.export.export_onnx
+
+    def broken(*a, **k):
+        raise RuntimeError("exporter cannot handle this op")
+
+    monkeypatch.setattr(search.export, "export_onnx", broken)
+    assert retrain_main(retrain_args(searched, out, export=True)) == 0  # the model is kept
+    assert "export failed (RuntimeError: exporter cannot handle this op)" in capsys.readouterr().err
+    [run] = (out / "retrain").glob("*/seed-0")
+    assert (run / "model.torchscript.pt").exists() and not (run / "model.onnx").exists()
+    monkeypatch.setattr(search.export, "export_onnx", real_onnx)
+    assert retrain_main(retrain_args(searched, out, export=True)) == 0
+    assert (run / "model.onnx").exists()
+
+
+def test_a_rerun_that_trains_nothing_leaves_the_notes_alone(searched, tmp_path) -> None:
+    import optuna_dashboard
+
+    out = tmp_path / "out"
+    assert retrain_main(retrain_args(searched, out)) == 0
+    study = study_of(searched)
+    [trial] = [t for t in study.trials if t.number in retrained_results(study)]
+    handle = optuna.trial.Trial(study, trial._trial_id)
+    note = optuna_dashboard.get_note(handle)
+    versions = {
+        k: v
+        for k, v in study._storage.get_study_system_attrs(study._study_id).items()
+        if "note_ver" in k
+    }
+    assert note.startswith("## Retrained")
+    assert retrain_main(retrain_args(searched, out)) == 0
+    again = study_of(searched)
+    assert {
+        k: v
+        for k, v in again._storage.get_study_system_attrs(again._study_id).items()
+        if "note_ver" in k
+    } == versions

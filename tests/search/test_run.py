@@ -9,7 +9,6 @@ import pytest
 from optuna.trial import TrialState
 
 import search.study
-from search import provenance
 from search.run import main as run_main
 from search.training import EpochStats
 from space import Genotype, count_params
@@ -58,6 +57,26 @@ def test_four_trial_search_end_to_end(tmp_path, capsys) -> None:
     assert "use at least half of the 20k budget" in out and "trials/hour" in out
 
 
+def test_summary_shares_and_top_table_from_hand_made_trials() -> None:
+    study = optuna.create_study(direction="maximize")
+
+    def add(state, value, params, **attrs) -> None:
+        status = "rejected: over budget" if params > 1000 else "complete"
+        attrs = {"params": params, "key": f"g{params}", "status": status, **attrs}
+        study.add_trial(optuna.trial.create_trial(state=state, value=value, user_attrs=attrs))
+
+    add(TrialState.COMPLETE, 0.5, 900)  # fits, over half
+    add(TrialState.COMPLETE, 0.7, 400)  # fits, under half
+    add(TrialState.COMPLETE, 0.7, 400, duplicate_of=1)  # the same genotype again, untrained
+    add(TrialState.PRUNED, None, 5000)  # rejected: over half, but does not fit
+    add(TrialState.PRUNED, None, 3000)  # rejected
+    s = search.study.summarize(study, 1000)
+    assert (s.complete, s.pruned, s.rejected) == (3, 0, 2)
+    assert s.half_budget_share == 1 / 5
+    assert s.rejected_share == 2 / 5
+    assert [t.number for t in s.best] == [1, 0]  # best first; the duplicate is not listed
+
+
 def test_hyperband_prunes_the_weaker_trials_and_they_keep_their_curves(
     tmp_path, monkeypatch
 ) -> None:
@@ -76,8 +95,8 @@ def test_hyperband_prunes_the_weaker_trials_and_they_keep_their_curves(
     by_hyperband = [t for t in trained if "pruned by Hyperband" in t.user_attrs["status"]]
     complete = [t for t in trained if t.state == TrialState.COMPLETE]
     assert complete and any(t.user_attrs["epochs_run"] < 3 for t in by_hyperband)
-    for t in by_hyperband:  # Optuna's Hyperband also has a rung at the last epoch
-        assert t.state == TrialState.PRUNED and t.user_attrs["epochs_run"] <= 3
+    for t in by_hyperband:  # never at the last epoch, where Optuna's Hyperband has a rung too
+        assert t.state == TrialState.PRUNED and t.user_attrs["epochs_run"] < 3
         assert t.user_attrs["curve"] == list(t.intermediate_values.values())
         assert t.value == t.user_attrs["curve"][-1]  # the accuracy when it was stopped
     for t in complete:
@@ -137,9 +156,10 @@ def test_stale_running_trial_is_failed_and_retried_once(tmp_path) -> None:
     dead.wait()
     stale = study.ask()
     sample(stale, SearchSpace.load(tmp_path / "space.toml"), budget=20_000, num_classes=3)
-    stale.set_user_attr("worker", {"host": provenance.host(), "pid": dead.pid, "start": None})
+    stale.set_user_attr("worker", {**search.study.worker_identity(), "pid": dead.pid})
     sampled = load(tmp_path).trials[1].params
-    assert run_main(search_args(tmp_path, trials=3)) == 0
+    # The total leaves room for exactly one more trial: the queued retry must take it.
+    assert run_main(search_args(tmp_path, trials=2)) == 0
     trials = load(tmp_path).trials
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert [t.number for t in failed] == [1]
@@ -147,8 +167,28 @@ def test_stale_running_trial_is_failed_and_retried_once(tmp_path) -> None:
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
     assert len(retried) == 1 and retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
     assert retried[0].params == sampled  # the same candidate, run again
+    assert retried[0].user_attrs["worker"]["pid"] == os.getpid()  # not the dead worker's
+    assert not retried[0].user_attrs["status"].startswith("failed")
+    assert not [t for t in trials if t.state == TrialState.WAITING]
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(finished) == 3
+    assert len(finished) == 2
+
+
+def test_a_worker_in_another_pid_namespace_is_not_judged_by_its_pid(tmp_path) -> None:
+    # Containers with host networking share a host name, not their pids: a pid that is not
+    # running here says nothing about a worker in another namespace (its heartbeat does).
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    here = search.study.worker_identity()
+    assert search.study._sees_pid_of(here)
+    assert not search.study._sees_pid_of({**here, "space": "another-boot/4026531836"})
+    assert not search.study._sees_pid_of({**here, "host": "elsewhere"})
+    assert run_main(search_args(tmp_path, trials=1)) == 0
+    study = load(tmp_path)
+    other = study.ask()
+    other.set_user_attr("worker", {**here, "pid": dead.pid, "space": "another-boot/1"})
+    assert search.study.fail_stale_trials(study, grace=120) == []
+    assert load(tmp_path).trials[1].state == TrialState.RUNNING
 
 
 def test_two_workers_on_a_journal_file(tmp_path) -> None:
@@ -217,3 +257,21 @@ def test_flags_override_the_preset() -> None:
     assert (plan.budget, plan.train.epochs, plan.search.trials) == (250_000, 7, 3)
     assert (base.budget, base.train.epochs) != (plan.budget, plan.train.epochs)
     assert plan.train.batch_size == base.train.batch_size  # what no flag names stays the preset's
+
+
+@pytest.mark.parametrize(("low", "high", "factor"), [(1, 15, 3), (1, 9, 3), (2, 30, 2), (1, 1, 3)])
+def test_startup_trials_are_shared_out_among_hyperband_brackets(low, high, factor) -> None:
+    # Optuna's Hyperband shows the sampler only the trials of one bracket, so each bracket
+    # starts at random on its own; the count must be the pruner's own.
+    pruner = optuna.pruners.HyperbandPruner(
+        min_resource=low, max_resource=high, reduction_factor=factor
+    )
+    study = optuna.create_study(pruner=pruner)
+    trial = study.ask()
+    trial.report(0.5, 1)
+    trial.should_prune()
+    brackets = search.study.hyperband_brackets(low, high, factor)
+    assert brackets == pruner._n_brackets
+    config = search.study.SearchConfig(startup_trials=16)
+    sampler = search.study.make_sampler(config, existing=0, worker=0, brackets=brackets)
+    assert sampler._n_startup_trials == -(-16 // brackets)

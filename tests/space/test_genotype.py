@@ -113,6 +113,14 @@ def test_missing_stages_rejected() -> None:
         Genotype.from_dict({"stem_width": 16})
 
 
+@pytest.mark.parametrize("field", ["depth", "width"])
+def test_stage_without_depth_or_width_rejected(field: str) -> None:
+    data = RESNET20.to_dict()
+    del data["stages"][1][field]
+    with pytest.raises(GenotypeError, match=rf"stages\[1\] has no {field}"):
+        Genotype.from_dict(data)
+
+
 @pytest.mark.parametrize("key", ["", "S16", "X16_B3x16~stride_cbn_avg_lin_h0~p4", "S16_Q3x16~a~b"])
 def test_bad_keys_rejected(key: str) -> None:
     with pytest.raises(GenotypeError, match="not a genotype key"):
