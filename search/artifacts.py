@@ -44,6 +44,20 @@ def artifact_dir(results: Path, study_name: str) -> Path:
     return Path(results) / study_name / "artifacts"
 
 
+def find_artifact_dir(study: optuna.Study, study_file: Path | None, results: Path | None) -> Path:
+    """Where a study's artifacts are on this machine: under ``results`` when given; else the
+    folder the search recorded (``artifact_dir`` study attribute), the one beside the study
+    file, or ``results/<study>/artifacts`` here, the first that exists (the last if none)."""
+    if results is not None:
+        return artifact_dir(results, study.study_name)
+    recorded = study.user_attrs.get("artifact_dir")
+    candidates = [Path(recorded)] if isinstance(recorded, str) else []
+    if study_file is not None:
+        candidates.append(artifact_dir(study_file.parent, study.study_name))
+    candidates.append(artifact_dir(Path("results"), study.study_name))
+    return next((c for c in candidates if c.is_dir()), candidates[-1])
+
+
 def artifact_names(trial: FrozenTrial) -> list[str]:
     """The files a trial should have: a curve once it trained an epoch, a summary once it has a
     genotype; none for a failed trial or one rejected over budget (it has no network)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import optuna
 
-from search.artifacts import FolderArtifactStore, artifact_dir
+from search.artifacts import FolderArtifactStore, find_artifact_dir
 from search.storage import open_existing_storage
 from space._cli import ArgumentParser
 from space.errors import UserError
@@ -86,8 +86,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--results",
         type=Path,
-        default=Path("results"),
-        help="results folder: study files and <study>/artifacts (default results)",
+        help="results folder: study files and <study>/artifacts (default: the folder of "
+        "--storage's file, else results)",
     )
     p.add_argument(
         "--artifact-dir",
@@ -102,8 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
-        url = args.storage or find_storage(args.results)
+        url = args.storage or find_storage(args.results or Path("results"))
         spec, storage = open_existing_storage(url)
+
         ids = {
             name: storage.get_study_id_from_name(name)
             for name in optuna.study.get_all_study_names(storage)
@@ -123,12 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         [args.artifact_dir]
         if args.artifact_dir is not None
         else [
-            artifact_dir(args.results, name)
+            find_artifact_dir(
+                optuna.load_study(study_name=name, storage=storage), spec.path, args.results
+            )
             for name in ([args.study_name] if args.study_name else ids)
         ]
     )
     if not folders:
-        folders = [args.results / "artifacts"]
+        folders = [(args.results or Path("results")) / "artifacts"]
     store = FolderArtifactStore(folders)
     base = f"http://{_url_host(args.host)}:{args.port}/dashboard"
     print(f"storage    {spec.url}")

@@ -248,6 +248,7 @@ def accuracy_figure(views: Sequence[StudyView], *, measure: Measure = "params") 
         if measure == "params":
             _budget_line(fig, view.budget, color=color, log_x=log_x, label=budget_text(view))
     what = "parameters" if measure == "params" else "MACs"
+    any_tested = any(v.test_result(t) is not None for v in views for t in v.ranked())
     fig.update_layout(
         title={"text": _title(views, f"validation accuracy vs {what}")},
         template="plotly_white",
@@ -257,9 +258,14 @@ def accuracy_figure(views: Sequence[StudyView], *, measure: Measure = "params") 
         margin={"t": 90},
     )
     fig.update_xaxes(
-        title=_AXIS_TITLES[measure], type="log" if log_x else "linear", tickformat="~s"
+        title=_AXIS_TITLES[measure],
+        type="log" if log_x else "linear",
+        tickformat="~s",
+        # Log ticks at 1, 2 and 5 per decade: every digit ("D1") runs 700k800k900k together.
+        dtick="D2" if log_x else None,
     )
-    fig.update_yaxes(title="validation accuracy", tickformat=".0%")
+    accuracy = "accuracy (dots: validation, stars: test)" if any_tested else "validation accuracy"
+    fig.update_yaxes(title=accuracy, tickformat=".0%")
     return fig
 
 

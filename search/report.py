@@ -39,7 +39,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 import search
-from search.artifacts import artifact_dir, upload_trial_artifacts
+from search.artifacts import find_artifact_dir, upload_trial_artifacts
 from search.figures import (
     TEST_FIELDS,
     StudyView,
@@ -49,7 +49,7 @@ from search.figures import (
     curves_figure,
     pareto_front,
 )
-from search.storage import open_existing_storage
+from search.storage import StorageSpec, open_existing_storage
 from search.study import is_rejected
 from space import format_count
 from space._cli import ArgumentParser
@@ -241,9 +241,11 @@ def saved_figure_json(study: optuna.Study) -> str | None:
     return "".join(chunks[i] for i in sorted(chunks)) if chunks else None
 
 
-def load_studies(storages: Sequence[str], names: Sequence[str]) -> list[optuna.Study]:
-    """The studies named on the command line: one name per storage, several names in one
-    storage, or no name for a storage that holds a single study."""
+def load_studies(
+    storages: Sequence[str], names: Sequence[str]
+) -> list[tuple[optuna.Study, StorageSpec]]:
+    """The studies named on the command line, each with its storage: one name per storage,
+    several names in one storage, or no name for a storage that holds a single study."""
     if names and len(storages) > 1 and len(names) != len(storages):
         raise UserError(
             f"give one --study-name per --storage, or one --storage for all names, but got "
@@ -275,7 +277,7 @@ def load_studies(storages: Sequence[str], names: Sequence[str]) -> list[optuna.S
                 f"--study-name {name!r}: no such study in {spec.url!r} (studies there: "
                 f"{', '.join(present) or 'none'})"
             )
-        studies.append(optuna.load_study(study_name=name, storage=storage))
+        studies.append((optuna.load_study(study_name=name, storage=storage), spec))
     return studies
 
 
@@ -374,8 +376,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--results",
         type=Path,
-        default=Path("results"),
-        help="results folder: default report folder and the studies' artifacts (default results)",
+        help="results folder: default report folder and the studies' artifacts (default: "
+        "where the search put them)",
     )
     p.add_argument(
         "--no-dashboard",
@@ -393,7 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
-        studies = load_studies(args.storage, args.study_name)
+        loaded = load_studies(args.storage, args.study_name)
+        studies = [study for study, _ in loaded]
+        artifacts = [find_artifact_dir(study, spec.path, args.results) for study, spec in loaded]
         views = [StudyView.of(s) for s in studies]
         for view in views:
             if not view.ranked():
@@ -403,13 +407,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"({c['total']} trials: {c['pruned']} pruned, {c['rejected']} rejected, "
                     f"{c['failed']} failed, {c['running']} running); nothing to report"
                 )
+        # <results>/<study>/artifacts -> <results>/<study>/report, or <results>/compare
         out = args.out or (
-            args.results / views[0].name / "report" if len(views) == 1 else args.results / "compare"
+            artifacts[0].parent / "report"
+            if len(views) == 1
+            else artifacts[0].parents[1] / "compare"
         )
         check_writable_folder(out)
         if not args.no_dashboard:
-            for view in views:
-                check_writable_folder(artifact_dir(args.results, view.name))
+            for folder in artifacts:
+                check_writable_folder(folder)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -435,8 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if no_png:
         print(no_png)
     if not args.no_dashboard:
-        for study, view in zip(studies, views, strict=True):
-            _update_dashboard(study, view, results=args.results, report_dir=out)
+        for study, view, folder in zip(studies, views, artifacts, strict=True):
+            _update_dashboard(study, view, artifacts=folder, report_dir=out)
     return 0
 
 
@@ -452,12 +459,12 @@ def _print_top(view: StudyView, *, top: int) -> None:
 
 
 def _update_dashboard(
-    study: optuna.Study, view: StudyView, *, results: Path, report_dir: Path
+    study: optuna.Study, view: StudyView, *, artifacts: Path, report_dir: Path
 ) -> None:
     publish(
         study, accuracy_figure([view], measure="params"), note_markdown(view, report_dir=report_dir)
     )
-    folder = artifact_dir(results, view.name)
+    folder = artifacts
     dataset = study.user_attrs.get("dataset") or {}
     uploaded = 0
     if "num_classes" in dataset and "image_size" in dataset:

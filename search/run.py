@@ -235,6 +235,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     deadline = time.time() + plan.search.timeout if plan.search.timeout else None
     if not child:
+        # Where this machine keeps the trials' artifacts, for search.report and search.dashboard
+        # run from another folder.
+        artifacts = artifact_dir(Path(plan.search.results), plan.study_name).resolve()
+        if study.user_attrs.get("artifact_dir") != str(artifacts):
+            study.set_user_attr("artifact_dir", str(artifacts))
         stale = fail_stale_trials(study, grace=plan.search.grace)
         print(f"study   {plan.study_name} in {spec.display}")
         print(f"budget  {plan.budget:,} parameters; space {plan.space.name!r}")

@@ -336,6 +336,28 @@ def test_report_saves_dashboard_figure_note_and_artifacts_once(reported: tuple[P
     assert after == before  # same figure, same note (same version), same artifact records
 
 
+def test_report_from_another_folder_finds_the_search_artifacts(
+    reported: tuple[Path, str], tmp_path: Path
+) -> None:
+    # The search recorded where it keeps the artifacts; a report run elsewhere must use them,
+    # not upload a second set into its own results/ and leave the dashboard's records dangling.
+    tmp, _ = reported
+    before = sorted(p.name for p in (tmp / "results/tiny/artifacts").iterdir())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with working_dir(elsewhere):
+        code, out = run_report("--storage", f"sqlite:///{tmp}/results/tiny.db")
+    assert code == 0 and "artifacts uploaded for 0 trial(s)" in out
+    assert f"{tmp}/results/tiny/artifacts" in out
+    assert list(elsewhere.iterdir()) == []  # the report went beside the study's artifacts
+    assert sorted(p.name for p in (tmp / "results/tiny/artifacts").iterdir()) == before
+    study = load(tmp)
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    for t in study.get_trials():
+        for meta in trial_artifacts(t, attrs).values():
+            assert (tmp / "results/tiny/artifacts" / meta["artifact_id"]).is_file()
+
+
 def test_publishing_a_new_figure_replaces_the_old_one() -> None:
     from optuna_dashboard import get_note
 
