@@ -240,7 +240,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         artifacts = artifact_dir(Path(plan.search.results), plan.study_name).resolve()
         if study.user_attrs.get("artifact_dir") != str(artifacts):
             study.set_user_attr("artifact_dir", str(artifacts))
-        stale = fail_stale_trials(study, grace=plan.search.grace)
+        lock = ClaimLock(spec, storage, plan.study_name)
+        lock.acquire()  # as the workers do: a trial being claimed is never taken for stale
+        try:
+            stale = fail_stale_trials(study, grace=plan.search.grace)
+        finally:
+            lock.close()
         print(f"study   {plan.study_name} in {spec.display}")
         print(f"budget  {plan.budget:,} parameters; space {plan.space.name!r}")
         print(f"data    {dataset.describe()}")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import pytest
 import torch
@@ -63,6 +64,10 @@ def test_trains_and_writes_a_self_explaining_folder(folder, tmp_path, capsys) ->
     assert metrics["params"] == sum(p.numel() for p in built.parameters())
     config = json.loads((out / "config.json").read_text())
     assert config["settings"]["train"]["epochs"] == 2
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in names:  # the model file too, which safetensors creates 0600 by itself
+        assert os.stat(out / name).st_mode & 0o777 == 0o666 & ~umask, name
     assert config["versions"]["torch"] == torch.__version__
     assert Genotype.load(out / "genotype.toml") == Genotype.load(ARCH)
     assert len((out / "history.csv").read_text().strip().splitlines()) == 3
