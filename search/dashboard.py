@@ -86,8 +86,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--results",
         type=Path,
-        help="results folder: study files and <study>/artifacts (default: the folder of "
-        "--storage's file, else results)",
+        help="results folder: study files and <study>/artifacts (default: the artifact folder "
+        "the search recorded, else beside the study file, else results)",
     )
     p.add_argument(
         "--artifact-dir",

@@ -297,42 +297,58 @@ def write_html(figures: dict[str, go.Figure], out: Path) -> list[Path]:
 def write_png(figures: dict[str, go.Figure], out: Path) -> tuple[list[Path], str | None]:
     """PNGs through kaleido, with one browser for all figures. Returns the files and, when no
     browser could be found or it failed, a one-line reason instead of raising."""
-    import plotly.io as pio
-    from kaleido.errors import ChromeNotFoundError
-
     names = list(figures)
     tmp = Path(tempfile.mkdtemp(prefix=".png-", dir=out))  # same folder: renames are atomic
     try:
-        try:
-            pio.write_images(
-                [figures[n] for n in names],
-                [tmp / f"{n}.png" for n in names],
-                format="png",
-                width=[PNG_SIZES.get(n, (1100, 650))[0] for n in names],
-                height=[_png_height(n, figures[n]) for n in names],
-                scale=2,
-            )
-        except Exception as exc:  # the PNGs are a convenience: the HTML files hold the figures
-            # plotly turns kaleido's ChromeNotFoundError into a RuntimeError
-            if isinstance(exc, ChromeNotFoundError) or isinstance(
-                exc.__context__, ChromeNotFoundError
-            ):
-                return [], (
-                    "no PNG: kaleido found no Chrome or Chromium (apt-get install chromium, or "
-                    "set BROWSER_PATH); the HTML files are written"
-                )
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            return [], (
-                f"no PNG: kaleido failed ({type(exc).__name__}: {first}); "
-                "the HTML files are written"
-            )
+        # plotly's write_images drops kaleido's per-figure errors (a render that timed out on a
+        # busy machine, say): a figure whose file did not appear is rendered once more.
+        for _attempt in range(2):
+            missing = [n for n in names if not (tmp / f"{n}.png").exists()]
+            if not missing:
+                break
+            reason = _render_png({n: figures[n] for n in missing}, tmp)
+            if reason is not None:
+                return [], reason
+        missing = [n for n in names if not (tmp / f"{n}.png").exists()]
         paths = []
         for n in names:
-            os.replace(tmp / f"{n}.png", out / f"{n}.png")
-            paths.append(out / f"{n}.png")
+            if n not in missing:
+                os.replace(tmp / f"{n}.png", out / f"{n}.png")
+                paths.append(out / f"{n}.png")
+        if missing:
+            return paths, (
+                f"no PNG of {', '.join(missing)}: kaleido rendered no image twice; the HTML "
+                "files are written"
+            )
         return paths, None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _render_png(figures: dict[str, go.Figure], folder: Path) -> str | None:
+    """Render into ``folder``; None, or why no browser could render at all."""
+    import plotly.io as pio
+    from kaleido.errors import ChromeNotFoundError
+
+    try:
+        pio.write_images(
+            list(figures.values()),
+            [folder / f"{n}.png" for n in figures],
+            format="png",
+            width=[PNG_SIZES.get(n, (1100, 650))[0] for n in figures],
+            height=[_png_height(n, f) for n, f in figures.items()],
+            scale=2,
+        )
+    except Exception as exc:  # the PNGs are a convenience: the HTML files hold the figures
+        # plotly turns kaleido's ChromeNotFoundError into a RuntimeError
+        if isinstance(exc, ChromeNotFoundError) or isinstance(exc.__context__, ChromeNotFoundError):
+            return (
+                "no PNG: kaleido found no Chrome or Chromium (apt-get install chromium, or "
+                "set BROWSER_PATH); the HTML files are written"
+            )
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return f"no PNG: kaleido failed ({type(exc).__name__}: {first}); the HTML files are written"
+    return None
 
 
 def _png_height(name: str, fig: go.Figure) -> int:

@@ -162,6 +162,11 @@ def resolve(args: argparse.Namespace) -> Plan:
         {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr},
         where="training settings",
     )
+    if search.min_epochs > train.epochs:
+        raise UserError(
+            f"min_epochs ({search.min_epochs}) must be at most the epochs of a trial "
+            f"({train.epochs}): Hyperband prunes between the two"
+        )
     if data.val_size < 1:
         raise UserError("the search ranks trials on a validation split: val_size must be >= 1")
     budget = search.budget_params
@@ -171,8 +176,8 @@ def resolve(args: argparse.Namespace) -> Plan:
     if budget < smallest:
         raise UserError(
             f"budget {budget:,} is below every network of search space {space.name!r} (the "
-            f"smallest of many drawn has {smallest:,} parameters): every candidate would be "
-            "rejected; raise --budget or use a space of smaller networks"
+            f"smallest has about {smallest:,} parameters): every candidate would be rejected; "
+            "raise --budget or use a space of smaller networks"
         )
     device = resolve_device(search.device)
     name = search.study_name or f"{dataset_label(data.source)}-{budget_label(budget)}"
@@ -518,7 +523,7 @@ def _print_summary(plan: Plan, study: optuna.Study, before: set[int], started: f
         f"study {plan.study_name}: {s.total} trials ({s.complete} complete, {s.pruned} pruned, "
         f"{s.rejected} rejected over budget, {s.failed} failed"
         + (f", {s.running} running" if s.running else "")
-        + (f", {s.waiting} queued for retry" if s.waiting else "")
+        + (f", {s.waiting} waiting to run" if s.waiting else "")
         + ")"
     )
     print(

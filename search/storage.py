@@ -282,6 +282,8 @@ class ClaimLock:
                 connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
                 connection.commit()
             except BaseException:
+                # The lock may be held by this session already: never hand it back to the pool.
+                connection.invalidate()
                 connection.close()
                 raise
             self._connection = connection

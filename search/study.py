@@ -447,29 +447,53 @@ def find_twin(study: optuna.Study, number: int, key: str) -> FrozenTrial | None:
 
 
 def worker_identity() -> dict[str, Any]:
-    """Who runs a trial. ``space`` tells whether another process can see this one's pid: the
-    same host name, boot and pid namespace (containers may share a host name, not their pids)."""
+    """Who runs a trial: host, pid and its start time, and what tells whether another process
+    can judge that pid: the boot (a reboot ends every process) and the pid namespace
+    (containers on one kernel may share a host name, not their pids)."""
     return {
         "host": provenance.host(),
         "pid": os.getpid(),
         "start": _process_start(os.getpid()),
-        "space": _pid_space(),
+        "machine": _read_id("/etc/machine-id"),
+        "boot": _read_id("/proc/sys/kernel/random/boot_id"),
+        "pidns": _pid_namespace(),
     }
 
 
-def _pid_space() -> str | None:
-    """This boot's id and this pid namespace's inode (Linux), or None where unknown."""
+def _read_id(path: str) -> str | None:
     try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+        with open(path) as f:
+            return f.read().strip() or None
     except OSError:
         return None
 
 
-def _sees_pid_of(worker: dict[str, Any]) -> bool:
-    """Whether this process can tell by pid if ``worker`` still runs."""
-    return worker.get("host") == provenance.host() and worker.get("space") == _pid_space()
+def _pid_namespace() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def worker_gone(worker: dict[str, Any]) -> bool:
+    """Whether the worker that recorded ``worker`` has certainly stopped, judged from here.
+
+    Only on the same host (and machine id, where both have one): after a reboot (another boot
+    id) every process of the old boot is gone; within the same boot and pid namespace the pid
+    tells. A worker in another pid namespace, or on another host, cannot be judged by pid: its
+    heartbeat decides, on the storages that keep one.
+    """
+    here = worker_identity()
+    if worker.get("host") != here["host"]:
+        return False
+    if worker.get("machine") and here["machine"] and worker["machine"] != here["machine"]:
+        return False  # two machines of one name
+    if "boot" in worker and worker["boot"] and here["boot"]:
+        if worker["boot"] != here["boot"]:
+            return True
+        if worker.get("pidns") != here["pidns"]:
+            return False
+    return not _alive(worker["pid"], worker.get("start"))
 
 
 def _process_start(pid: int) -> int | None:
@@ -495,8 +519,8 @@ def _alive(pid: int, start: int | None) -> bool:
 def fail_stale_trials(study: optuna.Study, *, grace: int) -> list[int]:
     """Fail the RUNNING trials whose worker is gone, and retry each once. Returns their numbers.
 
-    A worker on this machine (same boot and pid namespace) is gone when its pid no longer runs
-    (or runs another program).
+    A worker on this machine is gone when its pid no longer runs (or runs another program), or
+    when the machine rebooted since (see ``worker_gone``).
     A worker anywhere is gone when its heartbeat (RDB storages) has been silent for ``grace``
     seconds. A RUNNING trial that never recorded its worker (killed within its first instant)
     is stale once it is older than ``grace`` seconds.
@@ -521,8 +545,8 @@ def fail_stale_trials(study: optuna.Study, *, grace: int) -> list[int]:
             if age <= grace:
                 continue
             reason = "failed: its worker stopped before it recorded itself"
-        elif _sees_pid_of(worker) and not _alive(worker["pid"], worker.get("start")):
-            reason = "failed: its worker stopped (killed or crashed)"
+        elif worker_gone(worker):
+            reason = "failed: its worker stopped (killed, crashed or rebooted)"
         else:
             continue
         try:
@@ -582,6 +606,12 @@ def work(
             # Written before Optuna marks the trial failed: a finished trial is read-only.
             trial.set_user_attr("status", "failed: interrupted (Ctrl-C)")
             raise
+        except (optuna.TrialPruned, torch.cuda.OutOfMemoryError):
+            raise  # the objective wrote the status
+        except Exception as exc:  # a bug of ours or of a library: the trial says which
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            trial.set_user_attr("status", f"failed: {type(exc).__name__}: {first}")
+            raise
 
     def after(study: optuna.Study, trial: FrozenTrial) -> None:
         (report.failed if trial.state == TrialState.FAIL else report.finished).append(trial.number)
@@ -631,7 +661,7 @@ class Summary:
     rejected: int
     failed: int
     running: int
-    waiting: int  # queued retries
+    waiting: int  # queued to run: retries, or trials enqueued by hand
     half_budget_share: float  # share of drawn candidates within the budget and over half of it
     rejected_share: float
     best: list[FrozenTrial]  # feasible complete trials, best first

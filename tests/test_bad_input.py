@@ -104,6 +104,12 @@ CASES = [
     ),
     Case("run-trials-not-int", "search.run", search("--trials", "ten"), "invalid int value"),
     Case("run-timeout-negative", "search.run", search("--timeout=-1"), "timeout must be > 0"),
+    Case(
+        "run-min-epochs-over-epochs",
+        "search.run",
+        search_with("--config", with_input("min-epochs.toml")),
+        "min_epochs (3) must be at most",
+    ),
     Case("run-study-name-path", "search.run", search("--study-name", "a/b"), "study_name must be"),
     Case("run-unknown-space", "search.run", search("--space", "nope"), "no such preset"),
     Case("train-epochs-zero", "search.train", train_with("--epochs", "0"), "epochs must be"),
@@ -419,6 +425,7 @@ def make_inputs(root: Path) -> Path:
     (root / "unknown-table.toml").write_text("[model]\nwidth = 3\n")
     (root / "wrong-type.toml").write_text("[search]\ntrials = 'many'\n")
     (root / "out-of-range.toml").write_text("[train]\nlr = -0.1\n")
+    (root / "min-epochs.toml").write_text("[search]\nmin_epochs = 3\n")
     text = RESNET20.read_text()
     (root / "arch-unknown-key.toml").write_text("colour = 1\n" + text)
     (root / "arch-depth-zero.toml").write_text(text.replace("depth = 3", "depth = 0", 1))

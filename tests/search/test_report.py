@@ -17,6 +17,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import plotly.graph_objects as go
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -42,6 +43,7 @@ from search.report import (
     saved_figure_json,
     top_frame,
     trials_frame,
+    write_png,
 )
 from search.report import main as report_main
 from search.run import main as run_main
@@ -526,3 +528,29 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(
     assert err.startswith("error: ") and err.count("\n") == 1 and expect in err, err
     assert "secret" not in err
     assert snapshot(tmp_path) == before  # no results/ folder, no file touched
+
+
+@pytest.mark.parametrize("drops", [1, 2])
+def test_a_figure_kaleido_silently_drops_is_rendered_again(tmp_path, monkeypatch, drops) -> None:
+    # plotly's write_images returns without error when kaleido failed one figure; the report
+    # must notice the missing file, render it again, and say so if it is still missing.
+    import plotly.io as pio
+
+    calls = []
+
+    def flaky_write_images(figs, paths, **kwargs) -> None:
+        calls.append([Path(p).stem for p in paths])
+        for p in paths:
+            if Path(p).stem == "pareto" and len(calls) <= drops:
+                continue  # kaleido's error, swallowed
+            Path(p).write_bytes(b"\x89PNG\r\n\x1a\n")
+
+    monkeypatch.setattr(pio, "write_images", flaky_write_images)
+    figures = {"pareto": go.Figure(), "macs": go.Figure()}
+    paths, reason = write_png(figures, tmp_path)
+    assert calls[0] == ["pareto", "macs"] and calls[1] == ["pareto"]  # only the missing one again
+    if drops == 1:
+        assert reason is None and sorted(p.name for p in paths) == ["macs.png", "pareto.png"]
+    else:
+        assert [p.name for p in paths] == ["macs.png"] and "no PNG of pareto" in reason
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)

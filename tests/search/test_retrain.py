@@ -336,16 +336,19 @@ def test_recipe_comes_from_the_study_and_the_whole_training_set_is_used(tmp_path
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        assert run_main(search_args(tmp_path, "--subset", "3", trials=2)) == 0
+        assert run_main(search_args(tmp_path, "--subset", "3", "--lr", "0.05", trials=2)) == 0
     finally:
         os.chdir(cwd)
     out = tmp_path / "out"
-    args = [a for a in retrain_args(tmp_path, out) if a not in ("--batch-size", "8")]
+    args = retrain_args(tmp_path, out)
+    i = args.index("--batch-size")
+    del args[i : i + 2]  # the study's batch size, not the retrain's flag
     assert retrain_main(args) == 0
-    assert "batch 8, lr 0.4 (the study's)" in capsys.readouterr().out
+    assert "batch 8, lr 0.05 (the study's)" in capsys.readouterr().out
     [config] = (out / "retrain").glob("*/seed-0/config.json")
     recorded = json.loads(config.read_text())
     assert recorded["settings"]["train"]["batch_size"] == 8
+    assert recorded["settings"]["train"]["lr"] == 0.05
     assert recorded["settings"]["data"]["subset"] is None
     assert "30 train / 0 val" in recorded["dataset"]  # every image: 10 per class
 
@@ -365,6 +368,11 @@ def test_a_failed_export_is_reported_and_tried_again(searched, tmp_path, capsys,
     [run] = (out / "retrain").glob("*/seed-0")
     assert (run / "model.torchscript.pt").exists() and not (run / "model.onnx").exists()
     monkeypatch.setattr(search.export, "export_onnx", real_onnx)
+    monkeypatch.setattr(search.export, "TOLERANCE", -1.0)  # every check fails
+    assert retrain_main(retrain_args(searched, out, export=True)) == 0
+    assert "model.onnx differs from PyTorch" in capsys.readouterr().err
+    assert not (run / "model.onnx").exists()  # not left to be used unchecked
+    monkeypatch.setattr(search.export, "TOLERANCE", 1e-4)
     assert retrain_main(retrain_args(searched, out, export=True)) == 0
     assert (run / "model.onnx").exists()
 

@@ -174,21 +174,29 @@ def test_stale_running_trial_is_failed_and_retried_once(tmp_path) -> None:
     assert len(finished) == 2
 
 
-def test_a_worker_in_another_pid_namespace_is_not_judged_by_its_pid(tmp_path) -> None:
-    # Containers with host networking share a host name, not their pids: a pid that is not
-    # running here says nothing about a worker in another namespace (its heartbeat does).
+def test_which_workers_count_as_gone(tmp_path) -> None:
+    # A pid says something only within one boot and pid namespace of one machine; a reboot
+    # ends every process; containers sharing a host name are judged by heartbeat, not pid.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     here = search.study.worker_identity()
-    assert search.study._sees_pid_of(here)
-    assert not search.study._sees_pid_of({**here, "space": "another-boot/4026531836"})
-    assert not search.study._sees_pid_of({**here, "host": "elsewhere"})
+    gone = search.study.worker_gone
+    assert not gone(here)  # this very process
+    assert gone({**here, "pid": dead.pid})
+    assert gone({**here, "boot": "an-earlier-boot"})  # rebooted since, even if the pid is reused
+    assert not gone({**here, "pid": dead.pid, "pidns": 1})  # another container on this kernel
+    assert not gone({**here, "pid": dead.pid, "host": "elsewhere"})
+    assert not gone({**here, "pid": dead.pid, "machine": "another-machine", "boot": "b"})
+    legacy = {"host": here["host"], "pid": dead.pid, "start": None}  # recorded by 0.1.0
+    assert gone(legacy)
     assert run_main(search_args(tmp_path, trials=1)) == 0
     study = load(tmp_path)
-    other = study.ask()
-    other.set_user_attr("worker", {**here, "pid": dead.pid, "space": "another-boot/1"})
-    assert search.study.fail_stale_trials(study, grace=120) == []
-    assert load(tmp_path).trials[1].state == TrialState.RUNNING
+    for worker in ({**here, "pid": dead.pid, "pidns": 1}, {**here, "boot": "an-earlier-boot"}):
+        study.ask().set_user_attr("worker", worker)
+    assert search.study.fail_stale_trials(study, grace=120) == [2]
+    trials = load(tmp_path).trials
+    assert trials[1].state == TrialState.RUNNING
+    assert "rebooted" in trials[2].user_attrs["status"]
 
 
 def test_two_workers_on_a_journal_file(tmp_path) -> None:
@@ -275,3 +283,15 @@ def test_startup_trials_are_shared_out_among_hyperband_brackets(low, high, facto
     config = search.study.SearchConfig(startup_trials=16)
     sampler = search.study.make_sampler(config, existing=0, worker=0, brackets=brackets)
     assert sampler._n_startup_trials == -(-16 // brackets)
+
+
+def test_a_trial_failing_on_a_bug_says_why(tmp_path, monkeypatch) -> None:
+    def broken_fit(*a, **k):
+        raise RuntimeError("shapes do not match\nlong detail")
+
+    monkeypatch.setattr(search.study, "fit", broken_fit)
+    with pytest.raises(RuntimeError, match="shapes do not match"):  # a bug: a traceback
+        run_main(search_args(tmp_path, trials=1))
+    [trial] = load(tmp_path).trials
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["status"] == "failed: RuntimeError: shapes do not match"

@@ -6,9 +6,9 @@ import re
 import optuna
 import pytest
 
-from space import UserError, build, count_params
+from space import UserError, build, count_params, scale_widths
 from space._toml import load_toml
-from space.searchspace import SearchSpace, sample
+from space.searchspace import SearchSpace, sample, smallest_network
 from tests.conftest import ROOT
 
 DEFAULT = ROOT / "configs" / "space" / "default.toml"
@@ -139,3 +139,24 @@ def test_sample_is_the_only_caller_of_suggest() -> None:
         if re.search(r"\.suggest_(int|float|categorical|uniform|loguniform)\(", path.read_text()):
             callers.append(path.relative_to(ROOT).as_posix())
     assert callers == ["space/searchspace.py"]
+
+
+@pytest.mark.parametrize("fit", [True, False])
+def test_smallest_network_is_no_larger_than_any_drawn_one(fit: bool) -> None:
+    # Against brute force: the narrowest version of 3,000 random draws, counted the same way
+    # (2 classes, 1 channel); none may undercut it.
+    raw = load_toml(DEFAULT)
+    raw["fit_to_budget"] = fit
+    raw["params"]["base_width"] = {"low": 8, "high": 64}
+    space = SearchSpace.from_dict(raw)
+    smallest = smallest_network(space)
+    s = study(seed=1)
+    counts = []
+    for _ in range(3000):
+        g = sample(s.ask(), space, budget=None, num_classes=2, in_channels=1).genotype
+        if fit:
+            g = scale_widths(g, 0.0, multiple=space.width_multiple)
+        counts.append(count_params(g, num_classes=2, in_channels=1))
+    assert smallest <= min(counts)
+    if fit:  # every width at its narrowest: random draws come close; not a meaningless floor
+        assert smallest >= min(counts) * 0.5
