@@ -480,7 +480,6 @@ def _update_dashboard(
     publish(
         study, accuracy_figure([view], measure="params"), note_markdown(view, report_dir=report_dir)
     )
-    folder = artifacts
     dataset = study.user_attrs.get("dataset") or {}
     uploaded = 0
     if "num_classes" in dataset and "image_size" in dataset:
@@ -490,7 +489,7 @@ def _update_dashboard(
                 upload_trial_artifacts(
                     study,
                     t,
-                    artifact_dir=folder,
+                    artifact_dir=artifacts,
                     num_classes=dataset["num_classes"],
                     image_size=dataset["image_size"],
                     in_channels=dataset.get("in_channels", 3),
@@ -499,7 +498,7 @@ def _update_dashboard(
             )
     print(
         f"dashboard: Pareto figure and note saved in study {view.name}; artifacts uploaded for "
-        f"{uploaded} trial(s) to {folder}"
+        f"{uploaded} trial(s) to {artifacts}"
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -431,8 +432,6 @@ def make_inputs(root: Path) -> Path:
     (root / "arch-depth-zero.toml").write_text(text.replace("depth = 3", "depth = 0", 1))
     (root / "arch-no-depth.toml").write_text(text.replace("depth = 3", "", 1))
     (root / "not-a-db.db").write_text("hello, not a database\n")
-    import sqlite3
-
     with contextlib.closing(sqlite3.connect(root / "other.db")) as db:  # someone else's data
         db.execute("CREATE TABLE invoices (id INTEGER)")
         db.commit()
