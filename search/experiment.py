@@ -192,6 +192,8 @@ def run_experiment(
         "epochs": len(history.epochs),
         "seed": experiment.train.seed,
         "tta_views": experiment.train.tta_views,
+        "train_images": len(dataset.train),
+        "test_images": len(dataset.test),
     }
     for split, images in (("val", dataset.val), ("test", dataset.test)):
         if images is None or len(images) == 0:

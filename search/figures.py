@@ -134,6 +134,20 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+@dataclass(frozen=True)
+class ReferencePoint:
+    """A hand-designed network trained beside a study's winners (``search.campaign``): drawn at
+    its size and test accuracy, in the colour of the study whose budget it competes under."""
+
+    study: str  # the StudyView's name
+    name: str  # resnet20, say
+    params: int
+    macs: int
+    test_acc: float  # mean over seeds
+    test_acc_std: float = 0.0
+    seeds: int = 1
+
+
 # -- figures ----------------------------------------------------------------------------------
 
 Measure = Literal["params", "macs"]
@@ -172,11 +186,17 @@ def _label(view: StudyView, many: bool, what: str) -> str:
     return f"{view.name}: {what}" if many else what
 
 
-def accuracy_figure(views: Sequence[StudyView], *, measure: Measure = "params") -> go.Figure:
+def accuracy_figure(
+    views: Sequence[StudyView],
+    *,
+    measure: Measure = "params",
+    references: Sequence[ReferencePoint] = (),
+) -> go.Figure:
     """Validation accuracy against parameters (or MACs) for every trained trial of each study:
     complete trials solid, pruned ones faded at the accuracy they had when stopped, the front of
-    the complete trials as a staircase, retrained trials' test accuracy as stars, and for
-    parameters a dashed line at each study's budget."""
+    the complete trials as a staircase, retrained trials' test accuracy as stars, reference
+    networks' test accuracy as labelled diamonds, and for parameters a dashed line at each
+    study's budget."""
     many = len(views) > 1
     budgets = [v.budget for v in views]
     log_x = measure == "macs" or max(budgets) > 3 * min(budgets)
@@ -245,10 +265,38 @@ def accuracy_figure(views: Sequence[StudyView], *, measure: Measure = "params") 
                     ),
                 )
             )
+        ours = [r for r in references if r.study == view.name]
+        if ours:
+            fig.add_trace(
+                go.Scatter(
+                    x=[getattr(r, measure) for r in ours],
+                    y=[r.test_acc for r in ours],
+                    mode="markers+text",
+                    name=_label(view, many, "reference network, test accuracy"),
+                    marker={
+                        "color": "white",
+                        "symbol": "diamond",
+                        "size": 13,
+                        "line": {"color": color, "width": 2.5},
+                    },
+                    text=[r.name for r in ours],
+                    textposition="bottom right",
+                    textfont={"size": 11, "color": "#333"},
+                    customdata=[[r.name, r.params, r.macs, r.test_acc_std, r.seeds] for r in ours],
+                    hovertemplate=(
+                        "<b>%{customdata[0]}</b> (reference)<br>test acc %{y:.2%} "
+                        "± %{customdata[3]:.2%} over %{customdata[4]} seed(s)<br>"
+                        "params %{customdata[1]:,}<br>MACs %{customdata[2]:,}"
+                        "<extra>%{fullData.name}</extra>"
+                    ),
+                )
+            )
         if measure == "params":
             _budget_line(fig, view.budget, color=color, log_x=log_x, label=budget_text(view))
     what = "parameters" if measure == "params" else "MACs"
-    any_tested = any(v.test_result(t) is not None for v in views for t in v.ranked())
+    any_tested = bool(references) or any(
+        v.test_result(t) is not None for v in views for t in v.ranked()
+    )
     fig.update_layout(
         title={"text": _title(views, f"validation accuracy vs {what}")},
         template="plotly_white",
@@ -264,7 +312,13 @@ def accuracy_figure(views: Sequence[StudyView], *, measure: Measure = "params") 
         # Log ticks at 1, 2 and 5 per decade: every digit ("D1") runs 700k800k900k together.
         dtick="D2" if log_x else None,
     )
-    accuracy = "accuracy (dots: validation, stars: test)" if any_tested else "validation accuracy"
+    accuracy = (
+        "accuracy (dots: validation; stars, diamonds: test)"
+        if references
+        else "accuracy (dots: validation, stars: test)"
+        if any_tested
+        else "validation accuracy"
+    )
     fig.update_yaxes(title=accuracy, tickformat=".0%")
     return fig
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import platform
 import socket
 import sys
@@ -36,6 +37,30 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def machine(device: str = "auto") -> str:
+    """The machine in words, for a result's README: CPU model and cores, memory, and the GPU
+    when ``device`` may use one: 'AMD EPYC 7B13, 2 cores, 23 GB; no GPU used'."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
+    memory = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kib = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
+        memory = f", {kib / 2**20:.0f} GB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores{memory}"
+    if device != "cpu" and torch.cuda.is_available():
+        return f"{text}; GPU {torch.cuda.get_device_name(0)}"
+    return f"{text}; no GPU used"
 
 
 def host() -> str:

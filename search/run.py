@@ -127,14 +127,14 @@ class Plan:
     device: torch.device
 
 
-def resolve(args: argparse.Namespace) -> Plan:
-    presets = (
-        load_sections(
-            args.config, {"search": SearchConfig, "data": DataConfig, "train": TrainConfig}
-        )
-        if args.config
-        else {}
-    )
+PRESET_TABLES = {"search": SearchConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def resolve(args: argparse.Namespace, presets: Mapping[str, Mapping] | None = None) -> Plan:
+    """Check every setting and resolve the plan, creating nothing. ``presets`` (tables of a
+    preset already read, as ``search.campaign`` makes them) replaces ``--config``."""
+    if presets is None:
+        presets = load_sections(args.config, PRESET_TABLES) if args.config else {}
     search_flags = {
         "budget": args.budget,
         "trials": args.trials,

@@ -1,0 +1,235 @@
+"""The campaign: search, retrain beside references, report, on tiny generated images; resume
+after an interruption; bad presets refused with one line and nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from search import campaign, experiment
+from tests.search.searchkit import tiny_data, tiny_space
+
+REQUIRED_COLUMNS = {
+    "budget",
+    "source",
+    "name",
+    "params",
+    "macs",
+    "test_acc_mean",
+    "test_acc_std",
+    "test_acc_tta_mean",
+    "seeds",
+    "epochs",
+    "train_images",
+    "device",
+    "minutes",
+}
+
+REFERENCE = """\
+# a tiny reference network: one basic block of 16 channels, the standard recipe
+stem_width = 8
+[[stages]]
+depth = 1
+width = 16
+[augment]
+crop_padding = 4
+flip = true
+label_smoothing = 0.1
+"""
+
+
+def write_preset(tmp: Path, *, swap: bool = True, **tables: str) -> Path:
+    """A campaign preset for tiny generated images; ``tables`` replaces whole tables."""
+    if not (tmp / "data").exists():
+        tiny_data(tmp / "data")
+        tiny_space(tmp / "space.toml")
+        (tmp / "ref.toml").write_text(REFERENCE)
+    parts = {
+        "campaign": f'device = "cpu"\nswap_recipes = {str(swap).lower()}',
+        "search": f'trials = 3\nspace = "{tmp / "space.toml"}"\nstartup_trials = 2',
+        "data": f'source = "{tmp / "data"}"\nval_size = 6',
+        "train": "epochs = 2\nbatch_size = 8\nlr = 0.05\ntta_views = 1",
+        "retrain": "top = 1\nseeds = 2\nepochs = 1\ntta_views = 1",
+        **tables,
+    }
+    text = "".join(f"[{name}]\n{body}\n" for name, body in parts.items() if body is not None)
+    if "[[budgets]]" not in text:
+        text += f'[[budgets]]\nbudget = "20k"\nreferences = ["{tmp / "ref.toml"}"]\n'
+    path = tmp / "tiny.toml"
+    path.write_text(text)
+    return path
+
+
+def run(tmp: Path, preset: Path, *extra: str) -> int:
+    return campaign.main(
+        ["--config", str(preset), "--results", str(tmp / "results"), "--no-progress", *extra]
+    )
+
+
+@pytest.mark.slow
+def test_campaign_runs_resumes_and_writes_a_comparison(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    preset = write_preset(tmp_path)
+    out = tmp_path / "results" / "reference" / "tiny"
+    work = tmp_path / "results" / "campaigns" / "tiny"
+
+    # Interrupted in the retraining, as a Ctrl-C would: the second model's training raises.
+    real = experiment.run_experiment
+    calls = []
+
+    def interrupted(*args: object, **kwargs: object) -> dict:
+        calls.append(args)
+        if len(calls) == 3:  # trial's two seeds done, then Ctrl-C in the reference's first
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("search.retrain.run_experiment", interrupted)
+    assert run(tmp_path, preset) == 130
+    partial = pd.read_csv(out / "leaderboard.csv")  # readable, with what finished
+    assert list(partial["name"]) == ["trial-" + str(int(partial["trial"].iloc[0]))]
+    assert partial["seeds"].iloc[0] == 2
+    finished = sorted(work.glob("tiny-20k/retrain/trial-*/seed-*/metrics.json"))
+    assert len(finished) == 2
+    stamps = {p: p.stat().st_mtime_ns for p in finished}
+    db = work / "tiny-20k.db"
+    with sqlite3.connect(db) as con:
+        trials_before = con.execute("SELECT number, datetime_start FROM trials").fetchall()
+    assert len(trials_before) == 3
+
+    monkeypatch.setattr("search.retrain.run_experiment", real)
+    assert run(tmp_path, preset) == 0
+    # Resumed: no trial searched again, no finished model trained again.
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT number, datetime_start FROM trials").fetchall() == trials_before
+    assert {p: p.stat().st_mtime_ns for p in finished} == stamps
+
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert REQUIRED_COLUMNS <= set(board.columns)
+    assert set(board["source"]) == {"search", "reference"}
+    own = board[board["recipe"] == "own"]
+    assert sorted(own["source"]) == ["reference", "search"]
+    # Swapped recipes: the reference with the searched augmentation, the winner with the
+    # standard one, and the genotype keys say so.
+    swapped = board.set_index("name")
+    winner = own[own["source"] == "search"].iloc[0]
+    assert swapped.loc["ref+searched", "recipe"] == "searched"
+    assert swapped.loc[f"{winner['name']}+standard", "recipe"] == "standard"
+    assert swapped.loc[f"{winner['name']}+standard", "key"].endswith("~p4_f1_c0_none_m9_x0_k0_l0.1")
+    assert swapped.loc["ref+searched", "key"].split("~")[2] == winner["key"].split("~")[2]
+    # Every model trained with the same data, epochs and seeds.
+    assert set(board["seeds"]) == {2}
+    assert set(board["epochs"]) == {1}
+    assert board["train_images"].nunique() == 1
+    assert set(board["test_images"]) == {6}  # the whole test split: 3 classes x 2 images
+    # Mean and spread are those of the seeds' own metrics files.
+    seeds = [
+        json.loads(p.read_text())["test_acc"]
+        for p in sorted(work.glob(f"tiny-20k/retrain/{winner['name']}/seed-*/metrics.json"))
+    ]
+    assert winner["test_acc_mean"] == pytest.approx(sum(seeds) / 2)
+    assert winner["test_acc_std"] == pytest.approx(abs(seeds[0] - seeds[1]) / 2**0.5)
+
+    readme = (out / "README.md").read_text()
+    assert f"python -m search.campaign --config {preset}" in readme
+    assert winner["name"] in readme and "ref" in readme
+    assert "seed spread" in readme or "one seed" in readme
+    assert "wall time" in readme and "torch" in readme
+    assert (out / "pareto.html").stat().st_size > 1000
+    assert (out / "campaign.toml").read_text() == preset.read_text()
+    with sqlite3.connect(out / "tiny-20k.db") as con:  # the study, copied whole
+        assert len(con.execute("SELECT number FROM trials").fetchall()) == 3
+    record = json.loads((out / "campaign.json").read_text())
+    assert len(record["sessions"]) == 2 and record["wall_seconds"] > 0
+
+
+def test_summarize_writes_the_result_from_what_exists(tmp_path: Path) -> None:
+    preset = write_preset(tmp_path)
+    assert run(tmp_path, preset, "--summarize") == 0
+    board = pd.read_csv(tmp_path / "results" / "reference" / "tiny" / "leaderboard.csv")
+    assert board.empty and REQUIRED_COLUMNS <= set(board.columns)
+    assert "not finished yet" in (tmp_path / "results/reference/tiny/README.md").read_text()
+
+
+def test_verdict_weighs_the_margin_against_the_seed_spread() -> None:
+    def rows(search: float, reference: float, std: float) -> pd.DataFrame:
+        base = {"budget": 400_000, "recipe": "own", "seeds": 2, "params": 300_000}
+        return pd.DataFrame(
+            [
+                {**base, "source": "search", "name": "trial-3", "test_acc_mean": search,
+                 "test_acc_std": std, "test_acc_tta_mean": search},
+                {**base, "source": "reference", "name": "resnet20", "test_acc_mean": reference,
+                 "test_acc_std": std, "test_acc_tta_mean": reference},
+            ]
+        )  # fmt: skip
+
+    assert "Search won" in campaign.verdict(rows(0.70, 0.65, 0.01), 400_000)
+    assert "Search lost" in campaign.verdict(rows(0.60, 0.65, 0.01), 400_000)
+    tied = campaign.verdict(rows(0.66, 0.65, 0.01), 400_000)
+    assert "No clear winner" in tied and "+1.00 points" in tied
+
+
+@pytest.mark.parametrize(
+    ("tables", "message"),
+    [
+        ({"campaign": 'colour = "red"'}, "unknown key 'colour'"),
+        ({"search": 'budget = "400k"'}, "set by the campaign"),
+        ({"retrain": "top = 1\nlearning_rate = 0.1"}, "unknown key 'learning_rate'"),
+        ({"retrain": "seeds = 0"}, "seeds must be an integer >= 1"),
+        ({"train": "epochs = 0"}, "epochs must be an integer >= 1"),
+        ({"data": 'source = "/nowhere/at/all"'}, "no such file or folder"),
+        ({"data": "val_size = 6"}, "has no source"),
+        ({"budgets": None, "extra": "x = 1"}, "unknown table or key 'extra'"),
+        ({"campaign": 'name = "../up"'}, "name must be letters"),
+        ({"campaign": 'device = "tpu"'}, "--device must be"),
+    ],
+)
+def test_bad_presets_get_one_line_and_leave_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tables: dict, message: str
+) -> None:
+    preset = write_preset(tmp_path, **tables)
+    assert run(tmp_path, preset) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    ("budgets", "message"),
+    [
+        ("", "no [[budgets]] entries"),
+        ('[[budgets]]\nbudget = "abc"\n', "abc"),
+        ('[[budgets]]\nbudget = "20k"\nreferences = ["no-such-net"]\n', "no-such-net"),
+        ('[[budgets]]\nbudget = "20k"\nreferences = "resnet20"\n', "must be a list"),
+        ('[[budgets]]\nbudget = "20k"\nepochs = 3\n', "unknown key 'epochs'"),
+        ('[[budgets]]\nbudget = "20k"\n[[budgets]]\nbudget = "2e4"\n', "appears twice"),
+        ('[[budgets]]\nbudget = "10"\n', "below every network"),
+    ],
+)
+def test_bad_budget_entries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], budgets: str, message: str
+) -> None:
+    preset = write_preset(tmp_path)
+    text = preset.read_text().split("[[budgets]]")[0] + budgets
+    preset.write_text(text)
+    assert run(tmp_path, preset) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "results").exists()
+
+
+def test_data_the_search_refuses_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A validation split larger than the data: only decoding finds it, inside search.run.
+    preset = write_preset(tmp_path, data=f'source = "{tmp_path / "data"}"\nval_size = 999')
+    os.environ.pop("NAS_CACHE_DIR", None)
+    assert run(tmp_path, preset) == 2
+    assert "val_size" in capsys.readouterr().err
+    assert not (tmp_path / "results" / "campaigns" / "tiny").exists()
+    assert not (tmp_path / "results" / "reference").exists()
