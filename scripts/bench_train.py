@@ -49,15 +49,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from search import provenance
-from search.augment import Normalization, augment_batch, mix
+from search.augment import Normalization, augment_batch, augmented_batches, mix
 from search.config import configure_torch, resolve_device
-from search.data import ImageSet, batches, load_dataset
+from search.data import ImageSet, load_dataset
 from search.training import (
     SYNC_EVERY,
     TrainConfig,
@@ -314,10 +313,22 @@ def count_syncs(step: Callable[[int], object], i: int, device: torch.device) -> 
     return sum("synchroniz" in str(w.message).lower() for w in caught)
 
 
-def endless_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Index tensors of shuffled epochs, one after another, as fit draws them."""
+def endless_batches(
+    data: Data, augment: Augment, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Augmented batches of shuffled epochs, one after another, as fit's loader makes them
+    (chunks of several batches augmented at once)."""
     while True:
-        yield from batches(n, batch_size, generator=generator, device=generator.device)
+        order = torch.randperm(len(data.train), generator=generator, device=generator.device)
+        yield from augmented_batches(
+            data.train.images,
+            data.train.labels,
+            order,
+            batch_size=batch_size,
+            augment=augment,
+            normalization=data.normalization,
+            generator=generator,
+        )
 
 
 @dataclass
@@ -377,16 +388,14 @@ def pipeline_step(
     and accuracy summed on the device and read every SYNC_EVERY steps; without ``stepper``, the
     data side alone."""
     generator = torch.Generator(device=device).manual_seed(0)
-    rng = np.random.default_rng(0)
-    order = endless_batches(len(data.train), batch_size, generator)
+    loader = endless_batches(data, augment, batch_size, generator)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
 
     def step(i: int) -> object:
         nonlocal loss_sum, correct
-        index = next(order)
-        x = augment_batch(data.train.images[index], augment, data.normalization, generator)
-        x, targets = mix(x, data.train.labels[index], augment, data.num_classes, rng, generator)
+        x, y = next(loader)
+        x, targets = mix(x, y, augment, data.num_classes, generator)
         if stepper is None:
             return x
         loss, logits = stepper.step(i, x, targets)
@@ -406,9 +415,7 @@ def ceiling_step(
     generator = torch.Generator(device=device).manual_seed(1)
     index = torch.arange(batch_size, device=device) % len(data.train)
     x = augment_batch(data.train.images[index], augment, data.normalization, generator)
-    x, targets = mix(
-        x, data.train.labels[index], augment, data.num_classes, np.random.default_rng(1), generator
-    )
+    x, targets = mix(x, data.train.labels[index], augment, data.num_classes, generator)
     if stepper.cuda and stepper.config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return lambda i: stepper.step(i, x, targets)

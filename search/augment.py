@@ -1,21 +1,23 @@
-"""Training augmentation for a whole batch at once, on the batch's device.
+"""Training augmentation for many images at once, on the images' device, with no host decision.
 
-The loader gathers a batch of uint8 images from the device-resident split; ``augment_batch`` pads
-and crops at a random offset, flips, applies RandAugment/TrivialAugment, cuts out a square and
-normalises, for every image in one go: no per-image Python loop and no host round trip.
-``mix`` then applies mixup or cutmix and builds the soft targets (with label smoothing).
+``augmented_batches`` is the loader: it walks one shuffled epoch of the device-resident uint8
+split in chunks of several batches, and ``augment_batch`` pads and crops at a random offset,
+flips, applies RandAugment/TrivialAugment, normalises and cuts out a square for a whole chunk in
+one go (no per-image Python loop, and each kernel launched once per chunk rather than per batch).
+``mix`` then applies mixup or cutmix to each batch and builds the soft targets (with label
+smoothing).
 
-All randomness of the images comes from one ``torch.Generator`` on the device; the per-batch
-scalars of mixup/cutmix (the mixing weight, the switch between the two) come from a NumPy
-generator on the host, so no step waits on the GPU.
+All randomness comes from one ``torch.Generator`` on the device, the mixup/cutmix branch, box and
+mixing weight included: no step waits on the GPU, and nothing in a step depends on a value read
+back to the host.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -114,15 +116,33 @@ def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float) -> 
     return targets.scatter_(1, labels.view(-1, 1), 1.0 - smoothing + off)
 
 
-def cutmix_box(h: int, w: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) of a box covering about 1 - ``lam`` of an h x w image, centred
-    uniformly at random and clipped by the border (Yun et al. 2019)."""
-    side = np.sqrt(1.0 - lam)
-    bh, bw = round(h * side), round(w * side)
-    cy, cx = int(rng.integers(h)), int(rng.integers(w))
-    top, bottom = max(cy - bh // 2, 0), min(cy - bh // 2 + bh, h)
-    left, right = max(cx - bw // 2, 0), min(cx - bw // 2 + bw, w)
-    return top, bottom, left, right
+def beta(alpha: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """One draw of Beta(alpha, alpha) as a 0-dim float32 tensor on ``device``: G1 / (G1 + G2) of
+    two Gamma(alpha) draws, so it comes from ``generator`` and never leaves the device."""
+    gammas = torch._standard_gamma(torch.full((2,), alpha, device=device), generator=generator)
+    return gammas[0] / gammas.sum()
+
+
+def cutmix_box(
+    h: int, w: int, lam: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, kept): a (1, 1, h, w) bool mask of a box covering about 1 - ``lam`` of the image,
+    centred uniformly at random and clipped by the border (Yun et al. 2019), and the share of
+    the image outside it. ``lam`` is a 0-dim tensor; everything stays on its device."""
+    device = lam.device
+    side = torch.sqrt(1.0 - lam)
+    bh, bw = torch.round(h * side), torch.round(w * side)  # round half to even, as Python's
+    cy = torch.randint(0, h, (), generator=generator, device=device)
+    cx = torch.randint(0, w, (), generator=generator, device=device)
+    top, left = (
+        cy - torch.div(bh, 2, rounding_mode="floor"),
+        cx - torch.div(bw, 2, rounding_mode="floor"),
+    )
+    rows = torch.arange(h, device=device).view(1, 1, h, 1)
+    cols = torch.arange(w, device=device).view(1, 1, 1, w)
+    mask = (rows >= top) & (rows < top + bh) & (cols >= left) & (cols < left + bw)
+    kept = 1.0 - mask.sum(dtype=torch.float32) / (h * w)  # the border may clip the box
+    return mask, kept
 
 
 def mix(
@@ -130,33 +150,71 @@ def mix(
     labels: torch.Tensor,
     augment: Augment,
     num_classes: int,
-    rng: np.random.Generator,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(images, soft targets): mixup or cutmix of the batch with a shuffled copy of itself.
 
     One mixing weight per batch, drawn from Beta(alpha, alpha). With both alphas set, each batch
-    uses one of the two with probability 1/2 (timm's switch). The targets mix the two images'
-    smoothed one-hot labels in the proportion of what each contributes to the mixed image, so
-    they always sum to 1. Without mixing, the batch passes through with smoothed targets.
+    uses one of the two with probability 1/2 (timm's switch): both are computed and one is
+    kept with ``torch.where``, so the choice is never read on the host. The targets mix the two
+    images' smoothed one-hot labels in the proportion of what each contributes to the mixed
+    image, so they always sum to 1. Without mixing, the batch passes through with smoothed
+    targets.
     """
     targets = smooth_one_hot(labels, num_classes, augment.label_smoothing)
     use_mixup = augment.mixup_alpha > 0
     use_cutmix = augment.cutmix_alpha > 0
-    if use_mixup and use_cutmix:
-        use_mixup = bool(rng.random() < 0.5)
-        use_cutmix = not use_mixup
     if not (use_mixup or use_cutmix):
         return x, targets
-    alpha = augment.mixup_alpha if use_mixup else augment.cutmix_alpha
-    lam = float(rng.beta(alpha, alpha))
-    perm = torch.randperm(x.shape[0], generator=generator, device=x.device)
+    device = x.device
+    perm = torch.randperm(x.shape[0], generator=generator, device=device)
+    partner = x[perm]
     if use_mixup:
-        x = lam * x + (1.0 - lam) * x[perm]
-    else:
-        h, w = x.shape[2:]
-        top, bottom, left, right = cutmix_box(h, w, lam, rng)
-        x = x.clone()
-        x[:, :, top:bottom, left:right] = x[perm, :, top:bottom, left:right]
-        lam = 1.0 - (bottom - top) * (right - left) / (h * w)  # the share actually kept
-    return x, lam * targets + (1.0 - lam) * targets[perm]
+        lam_mixup = beta(augment.mixup_alpha, generator, device)
+        mixed = torch.lerp(partner, x, lam_mixup.to(x.dtype))  # lam * x + (1 - lam) * partner
+        lam = lam_mixup
+    if use_cutmix:
+        mask, kept = cutmix_box(
+            *x.shape[2:], beta(augment.cutmix_alpha, generator, device), generator
+        )
+        cut = torch.where(mask, partner, x)
+        if use_mixup:
+            take_mixup = torch.rand((), generator=generator, device=device) < 0.5
+            mixed = torch.where(take_mixup, mixed, cut)
+            lam = torch.where(take_mixup, lam_mixup, kept)
+        else:
+            mixed, lam = cut, kept
+    return mixed, torch.lerp(targets[perm], targets, lam)
+
+
+# Images augmented together by ``augmented_batches``: a chunk of several batches launches every
+# augmentation kernel once (on a GPU, small networks are bound by kernel launches), while its
+# float32 copy stays small (4096 CIFAR images: 50 MB).
+CHUNK_IMAGES = 4096
+
+
+def augmented_batches(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    order: torch.Tensor,
+    *,
+    batch_size: int,
+    augment: Augment,
+    normalization: Normalization,
+    generator: torch.Generator,
+    chunk_images: int = CHUNK_IMAGES,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(normalised float images, labels) of every full batch of the epoch ``order`` (an index
+    tensor over ``images``, uint8 (N, C, H, W), on their device); the last partial batch is
+    dropped, and an epoch shorter than one batch is one smaller batch. Each chunk of about
+    ``chunk_images`` images is augmented at once; every image is augmented independently, so the
+    chunk size changes nothing but speed."""
+    steps = max(1, order.shape[0] // batch_size)
+    per_chunk = max(1, chunk_images // batch_size)
+    for first in range(0, steps, per_chunk):
+        count = min(per_chunk, steps - first)
+        index = order[first * batch_size : (first + count) * batch_size]
+        x = augment_batch(images[index], augment, normalization, generator)
+        y = labels[index]
+        for j in range(count):
+            yield x[j * batch_size : (j + 1) * batch_size], y[j * batch_size : (j + 1) * batch_size]

@@ -25,15 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from search.augment import Normalization, augment_batch, mix
+from search.augment import Normalization, augmented_batches, mix
 from search.checkpoint import load_weights
-from search.data import ImageSet, batches
+from search.data import ImageSet
 from space._io import write_atomic
 from space.errors import UserError
 from space.genotype import Augment
@@ -185,8 +184,8 @@ def fit(
     """
     cuda = device.type == "cuda"
     torch.manual_seed(config.seed)  # dropout and anything else drawing from the global RNG
-    generator = torch.Generator(device=device).manual_seed(config.seed)  # order and augmentation
-    rng = np.random.default_rng(config.seed)  # per-batch mixup/cutmix scalars, on the host
+    # Every random choice of the data (order, augmentation, mixing) comes from this generator.
+    generator = torch.Generator(device=device).manual_seed(config.seed)
     model.to(device)
     if cuda and config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -215,7 +214,6 @@ def fit(
         if ema is not None:
             ema.model.load_state_dict(state["ema"])
         generator.set_state(state["generator"])
-        rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         if cuda and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
@@ -241,17 +239,24 @@ def fit(
         )
         lr = 0.0
         try:
-            for i, index in enumerate(
-                batches(len(train), config.batch_size, generator=generator, device=device)
-            ):
+            order = torch.randperm(len(train), generator=generator, device=device)
+            loader = augmented_batches(
+                images,
+                labels,
+                order,
+                batch_size=config.batch_size,
+                augment=augment,
+                normalization=normalization,
+                generator=generator,
+            )
+            for i, (x, y) in enumerate(loader):
                 if stop is not None and stop.is_set():
                     raise KeyboardInterrupt
                 step = epoch * steps_per_epoch + i
                 lr = lr_at(step, total_steps=total_steps, warmup_steps=warmup_steps, peak=config.lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                x = augment_batch(images[index], augment, normalization, generator)
-                x, targets = mix(x, labels[index], augment, num_classes, rng, generator)
+                x, targets = mix(x, y, augment, num_classes, generator)
                 if cuda and config.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast:
@@ -264,7 +269,7 @@ def fit(
                     ema.update(model)
                 loss_sum += loss.detach()
                 correct += (logits.argmax(1) == targets.argmax(1)).sum()
-                seen += index.shape[0]
+                seen += x.shape[0]
                 bar.update(1)
                 if (i + 1) % SYNC_EVERY == 0:  # one host sync for both running figures
                     total_loss, total_correct = torch.stack([loss_sum, correct.float()]).tolist()
@@ -311,9 +316,7 @@ def fit(
             bar.close()
         history.epochs.append(stats)
         if checkpoint is not None:
-            _save_state(
-                checkpoint, config, model, optimizer, ema, generator, rng, history, cuda, device
-            )
+            _save_state(checkpoint, config, model, optimizer, ema, generator, history, cuda, device)
         if on_epoch is not None:
             on_epoch(stats)
 
@@ -354,7 +357,6 @@ def _save_state(
     optimizer: torch.optim.Optimizer,
     ema: _Ema | None,
     generator: torch.Generator,
-    rng: np.random.Generator,
     history: History,
     cuda: bool,
     device: torch.device,
@@ -365,7 +367,6 @@ def _save_state(
         "optimizer": optimizer.state_dict(),
         "ema": ema.model.state_dict() if ema is not None else None,
         "generator": generator.get_state(),
-        "rng": rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state(device) if cuda else None,
         "history": history.to_dicts(),

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,6 +7,9 @@ import torch.nn.functional as F
 from search.augment import (
     Normalization,
     augment_batch,
+    augmented_batches,
+    beta,
+    cutmix_box,
     cutout,
     mix,
     random_crop,
@@ -84,8 +86,7 @@ def _distinct_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_mixup_targets_are_the_mixing_weights() -> None:
     x, y = _distinct_batch(12)
     aug = Augment(mixup_alpha=0.4)
-    rng = np.random.default_rng(0)
-    mixed, targets = mix(x, y, aug, 12, rng, gen())
+    mixed, targets = mix(x, y, aug, 12, gen())
     assert torch.allclose(targets.sum(1), torch.ones(12))
     for i in range(12):
         nonzero = torch.nonzero(targets[i]).flatten().tolist()
@@ -99,7 +100,7 @@ def test_cutmix_targets_are_the_pixel_shares() -> None:
     x, y = _distinct_batch(10)
     aug = Augment(cutmix_alpha=1.0)
     for seed in range(5):
-        mixed, targets = mix(x, y, aug, 10, np.random.default_rng(seed), gen(seed))
+        mixed, targets = mix(x, y, aug, 10, gen(seed))
         assert torch.allclose(targets.sum(1), torch.ones(10))
         for i in range(10):
             own = (mixed[i] == i + 1).float().mean().item()
@@ -110,14 +111,14 @@ def test_cutmix_targets_are_the_pixel_shares() -> None:
 def test_mix_with_smoothing_keeps_smoothing_and_sums_to_one() -> None:
     x, y = _distinct_batch(8)
     aug = Augment(mixup_alpha=1.0, cutmix_alpha=1.0, label_smoothing=0.1)
-    _, targets = mix(x, y, aug, 8, np.random.default_rng(1), gen())
+    _, targets = mix(x, y, aug, 8, gen())
     assert torch.allclose(targets.sum(1), torch.ones(8))
     assert targets.min() >= 0.1 / 8 - 1e-7
 
 
 def test_no_mixing_passes_the_batch_through() -> None:
     x, y = _distinct_batch(4)
-    mixed, targets = mix(x, y, Augment(), 4, np.random.default_rng(0), gen())
+    mixed, targets = mix(x, y, Augment(), 4, gen())
     assert mixed is x
     assert torch.equal(targets, F.one_hot(y, 4).float())
 
@@ -136,3 +137,97 @@ def test_augment_batch_normalises_and_keeps_shape(auto: str) -> None:
         norm.std
     ).view(1, 3, 1, 1)
     assert torch.allclose(plain, expected, atol=1e-6)
+
+
+def test_beta_draws_follow_the_beta_distribution() -> None:
+    g = gen(3)
+    for alpha in (0.2, 1.0):
+        draws = torch.stack([beta(alpha, g, torch.device("cpu")) for _ in range(4000)])
+        reference = torch.distributions.Beta(alpha, alpha).sample((200_000,))
+        assert draws.min() >= 0 and draws.max() <= 1
+        # Mean 1/2, variance 1 / (4 (2 alpha + 1)); quartiles as the reference's.
+        assert draws.mean().item() == pytest.approx(0.5, abs=0.02)
+        assert draws.var().item() == pytest.approx(1 / (4 * (2 * alpha + 1)), rel=0.08)
+        q = torch.tensor([0.25, 0.75])
+        assert torch.allclose(draws.quantile(q), reference.quantile(q), atol=0.03)
+
+
+def test_cutmix_box_covers_one_minus_lambda_and_says_what_it_kept() -> None:
+    g = gen(4)
+    for lam in (0.1, 0.5, 0.9):
+        areas = []
+        for _ in range(300):
+            mask, kept = cutmix_box(16, 16, torch.tensor(lam), g)
+            rows, cols = torch.nonzero(mask[0, 0], as_tuple=True)
+            assert mask.shape == (1, 1, 16, 16)
+            if len(rows):  # one filled rectangle, its side round(16 * sqrt(1 - lam)) or clipped
+                h, w = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+                assert int(mask.sum()) == h * w
+                assert h <= round(16 * (1 - lam) ** 0.5) and w <= round(16 * (1 - lam) ** 0.5)
+            assert kept.item() == pytest.approx(1 - int(mask.sum()) / 256)
+            areas.append(int(mask.sum()) / 256)
+        full = round(16 * (1 - lam) ** 0.5) ** 2 / 256
+        assert max(areas) == pytest.approx(full)  # unclipped boxes have the full side
+        centred = torch.tensor(areas)
+        assert (centred < full).any()  # and some are clipped by the border
+
+
+def test_mixup_and_cutmix_both_happen_about_half_the_time() -> None:
+    x, y = _distinct_batch(6)
+    aug = Augment(mixup_alpha=1.0, cutmix_alpha=1.0)
+    g = gen(2)
+    kinds = []
+    for _ in range(400):
+        mixed, _ = mix(x, y, aug, 6, g)
+        # cutmix: every pixel is one of the images (integers here); mixup: a blend everywhere
+        whole = bool((mixed == mixed.round()).all())
+        kinds.append("cutmix" if whole else "mixup")
+    assert 150 < kinds.count("cutmix") < 250
+
+
+def test_augmented_batches_cover_the_epoch_in_order_whatever_the_chunk() -> None:
+    images = torch.arange(103, dtype=torch.uint8).view(103, 1, 1, 1).expand(103, 3, 4, 4).clone()
+    labels = torch.arange(103)
+    order = torch.randperm(103, generator=gen(1))
+    plain = Augment(crop_padding=0, flip=False)
+    norm = Normalization(mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255))
+    for chunk in (10, 25, 1000):
+        out = list(
+            augmented_batches(
+                images, labels, order, batch_size=10, augment=plain, normalization=norm,
+                generator=gen(), chunk_images=chunk,
+            )
+        )  # fmt: skip
+        assert [len(y) for _, y in out] == [10] * 10  # the partial last batch is dropped
+        seen = torch.cat([y for _, y in out])
+        assert torch.equal(seen, order[:100])
+        for x, y in out:  # each image stays with its label
+            assert torch.equal(x[:, 0, 0, 0].round().long(), y)
+    short = list(
+        augmented_batches(
+            images[:7], labels[:7], torch.arange(7), batch_size=10, augment=plain,
+            normalization=norm, generator=gen(),
+        )
+    )  # fmt: skip
+    assert [len(y) for _, y in short] == [7]
+
+
+def test_chunking_keeps_the_distribution_of_each_image() -> None:
+    # Crop offsets of image 0 over many epochs: uniform over the 5 x 5 windows either way.
+    images = torch.zeros(20, 1, 6, 6, dtype=torch.uint8)
+    images[:, :, 2:4, 2:4] = 200  # a bright square whose position tells the crop offset
+    norm = Normalization(mean=(0.0,), std=(1.0,))
+    for chunk in (4, 20):
+        g = gen(7)
+        positions = []
+        for _ in range(400):
+            for x, _ in augmented_batches(
+                images, torch.arange(20), torch.arange(20), batch_size=4,
+                augment=Augment(crop_padding=2, flip=False), normalization=norm, generator=g,
+                chunk_images=chunk,
+            ):  # fmt: skip
+                bright = torch.nonzero(x[0, 0] > 0.5)
+                positions.append(tuple(bright.min(0).values.tolist()))
+                break
+        counts = torch.tensor([positions.count(p) for p in set(positions)], dtype=torch.float)
+        assert len(counts) == 25 and counts.min() > 4 and counts.max() < 35
