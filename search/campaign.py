@@ -116,6 +116,7 @@ class RetrainConfig:
     top: int = 2  # best distinct searched genotypes retrained per budget
     seeds: int = 2  # seeds per model, the same seeds for every model
     subset: int | None = None  # training images per class (training and validation merged)
+    export: bool = True  # TorchScript/ONNX beside every model (seconds each; off saves time)
 
     def __post_init__(self) -> None:
         for name in ("top", "seeds"):
@@ -134,6 +135,8 @@ class BudgetPlan:
     study: str  # the study's name
     references: tuple[Path, ...]
     search: Mapping[str, Any]  # the [search] table for this budget (overrides applied)
+    top: int | None = None  # winners retrained at this budget ([retrain] top if None)
+    retrain_epochs: int | None = None  # retraining epochs at this budget ([retrain] if None)
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,16 @@ class Campaign:
         first = self.retrain_train.get("seed", TrainConfig.seed)
         return range(first, first + self.retrain.seeds)
 
+    def top(self, b: BudgetPlan) -> int:
+        return b.top if b.top is not None else self.retrain.top
+
+    def retrain_recipe(self, b: BudgetPlan) -> dict[str, Any]:
+        """The retraining recipe's TrainConfig keys at budget ``b``."""
+        recipe = dict(self.retrain_train)
+        if b.retrain_epochs is not None:
+            recipe["epochs"] = b.retrain_epochs
+        return recipe
+
     def storage_url(self, b: BudgetPlan) -> str:
         suffix = "journal" if self.config.storage == "journal" else "db"
         prefix = "journal" if self.config.storage == "journal" else "sqlite"
@@ -178,7 +191,10 @@ class Campaign:
         return self.work / b.study
 
 
-_BUDGET_KEYS = ("budget", "references", "space", "trials", "timeout")
+# A [[budgets]] entry: the budget, its references, and what may differ from one budget to the
+# next (never between the two sides of one budget): the space, the search's length, and how
+# many winners retrain for how many epochs.
+_BUDGET_KEYS = ("budget", "references", "space", "trials", "timeout", "top", "retrain_epochs")
 
 
 def load_campaign(
@@ -294,7 +310,13 @@ def _budget_plan(entry: Any, *, where: str, name: str, search: Mapping[str, Any]
     from_mapping(SearchConfig, table, where=where)
     # The study is named after the campaign, and the budget unless the name already says it.
     study = name if label in name.lower().split("-") else f"{name}-{label}"
-    return BudgetPlan(budget, label, study, paths, table)
+    top, epochs = entry.get("top"), entry.get("retrain_epochs")
+    for key, value in (("top", top), ("retrain_epochs", epochs)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise UserError(f"{where}: {key} must be an integer >= 1, but got {value!r}")
+    return BudgetPlan(budget, label, study, paths, table, top, epochs)
 
 
 def reference_path(text: str) -> Path:
@@ -420,7 +442,7 @@ def run_budget(campaign: Campaign, b: BudgetPlan, log: Log, *, progress: bool) -
         retrain_preset,
         f"# Written by python -m search.campaign from {campaign.preset}: the retraining recipe "
         "(the study's batch size and learning rate unless set here).\n"
-        + dumps_toml({"train": dict(campaign.retrain_train)}),
+        + dumps_toml({"train": campaign.retrain_recipe(b)}),
     )
     argv = [
         "--storage",
@@ -428,7 +450,7 @@ def run_budget(campaign: Campaign, b: BudgetPlan, log: Log, *, progress: bool) -
         "--study-name",
         b.study,
         "--top",
-        str(campaign.retrain.top),
+        str(campaign.top(b)),
         "--seeds",
         str(campaign.retrain.seeds),
         "--config",
@@ -441,6 +463,7 @@ def run_budget(campaign: Campaign, b: BudgetPlan, log: Log, *, progress: bool) -
         str(campaign.study_dir(b)),
         *(["--subset", str(campaign.retrain.subset)] if campaign.retrain.subset else []),
         *[a for path in extra for a in ("--arch", path)],
+        *([] if campaign.retrain.export else ["--no-export"]),
         *quiet,
     ]
     code = _stage(log, "retrain", b.label, "search.retrain", argv, retrain.main)
@@ -464,7 +487,7 @@ def plan_models(campaign: Campaign, b: BudgetPlan) -> list[dict[str, Any]]:
     from search.retrain import select_trials
 
     study = _load_study(campaign.storage_url(b), b.study)
-    winners = select_trials(study, b.budget, campaign.retrain.top)
+    winners = select_trials(study, b.budget, campaign.top(b))
     models = [
         {"name": c.name, "source": "search", "recipe": "own", "base": c.name, "arch": None}
         for c in winners
@@ -876,9 +899,13 @@ def _table(rows: pd.DataFrame) -> list[str]:
 
 
 def _what_the_numbers_are(c: Campaign, rows: pd.DataFrame) -> list[str]:
-    search = {**c.search_tables(c.budgets[0])["search"]}
     data = DataConfig(**c.data)
     train = TrainConfig(**c.train)
+    images = (
+        f"{c.retrain.subset} images per class of the training split"
+        if c.retrain.subset
+        else "the whole training split"
+    )
     lines = [
         "**What the numbers are.** Test accuracy on the whole test split"
         + (f" ({int(rows['test_images'].iloc[0]):,} images)" if not rows.empty else "")
@@ -887,22 +914,40 @@ def _what_the_numbers_are(c: Campaign, rows: pd.DataFrame) -> list[str]:
         "logits of flipped and shifted views. Every model of a budget trained with the same "
         "recipe, epochs, data and seeds; `recipe` says whose augmentation it used (`own`: the "
         "one it came with, `searched`: the best searched trial's, `standard`: crop 4, flip, "
-        "label smoothing 0.1).",
+        "label smoothing 0.1). `val acc` is the validation accuracy the searched trial had in "
+        "its short search run.",
         "",
-        f"**The search.** {search.get('trials', SearchConfig.trials)} trials per budget of up to "
-        f"{train.epochs} epochs (Hyperband from {search.get('min_epochs', 1)} epoch(s), factor "
-        f"{search.get('reduction_factor', 3)}), search space `{search.get('space', 'default')}`, "
-        f"data `{data.source}`"
+        f"**The search** ran on `{data.source}`"
         + (f", {data.subset} training images per class" if data.subset else "")
-        + f", ranked on {data.val_size:,} validation images carved from the training split. "
-        f"**The retraining.** {c.retrain_train.get('epochs', 200)} epochs on "
-        + (
-            f"{c.retrain.subset} images per class of the training split (validation merged back)"
-            if c.retrain.subset
-            else "the whole training split (validation merged back)"
-        )
-        + f", {c.retrain.seeds} seeds, the top {c.retrain.top} searched genotypes.",
+        + f", trials of up to {train.epochs} epochs (batch {train.batch_size}, lr {train.lr}), "
+        f"ranked on {data.val_size:,} validation images carved from the training split, Hyperband "
+        "pruning. **The retraining** used "
+        + images
+        + f" with the validation images merged back, {c.retrain.seeds} seeds per model.",
+        "",
     ]
+    for b in c.budgets:
+        search = c.search_tables(b)["search"]
+        study = _try_study(c, b)
+        counts = ""
+        if study is not None:
+            from search.figures import StudyView
+
+            k = StudyView.of(study).counts()
+            counts = (
+                f" ({k['complete']} complete, {k['pruned']} pruned, {k['rejected']} rejected "
+                f"over budget, {k['failed']} failed)"
+            )
+        done = len(study.trials) if study is not None else 0
+        lines.append(
+            f"- {format_count(b.budget)}: {done} trials{counts} of at most "
+            f"{search.get('trials', SearchConfig.trials)}"
+            + (f" or {search['timeout']:g} s" if search.get("timeout") else "")
+            + f", space `{search.get('space', 'default')}`; the top {c.top(b)} retrained for "
+            f"{c.retrain_recipe(b).get('epochs', 200)} epochs beside "
+            + ", ".join(p.stem for p in b.references)
+            + "."
+        )
     return lines
 
 

@@ -328,8 +328,11 @@ def write_png(figures: dict[str, go.Figure], out: Path) -> tuple[list[Path], str
 def _render_png(figures: dict[str, go.Figure], folder: Path) -> str | None:
     """Render into ``folder``; None, or why no browser could render at all."""
     import plotly.io as pio
-    from kaleido.errors import ChromeNotFoundError
 
+    try:
+        from kaleido.errors import ChromeNotFoundError
+    except ImportError:  # a machine without kaleido (a bare GPU box, say)
+        return "no PNG: kaleido is not installed (pip install kaleido); the HTML files are written"
     try:
         pio.write_images(
             list(figures.values()),

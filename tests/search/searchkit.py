@@ -63,3 +63,38 @@ def search_args(tmp: Path, *extra: str, trials: int = 4) -> list[str]:
         "tiny",
         *extra,
     ]
+
+
+REFERENCE = """\
+# a tiny reference network: one basic block of 16 channels, the standard recipe
+stem_width = 8
+[[stages]]
+depth = 1
+width = 16
+[augment]
+crop_padding = 4
+flip = true
+label_smoothing = 0.1
+"""
+
+
+def campaign_preset(tmp: Path, *, swap: bool = True, **tables: str) -> Path:
+    """A campaign preset for tiny generated images; ``tables`` replaces whole tables."""
+    if not (tmp / "data").exists():
+        tiny_data(tmp / "data")
+        tiny_space(tmp / "space.toml")
+        (tmp / "ref.toml").write_text(REFERENCE)
+    parts = {
+        "campaign": f'device = "cpu"\nswap_recipes = {str(swap).lower()}',
+        "search": f'trials = 3\nspace = "{tmp / "space.toml"}"\nstartup_trials = 2',
+        "data": f'source = "{tmp / "data"}"\nval_size = 6',
+        "train": "epochs = 2\nbatch_size = 8\nlr = 0.05\ntta_views = 1",
+        "retrain": "top = 1\nseeds = 2\nepochs = 1\ntta_views = 1",
+        **tables,
+    }
+    text = "".join(f"[{name}]\n{body}\n" for name, body in parts.items() if body is not None)
+    if "[[budgets]]" not in text:
+        text += f'[[budgets]]\nbudget = "20k"\nreferences = ["{tmp / "ref.toml"}"]\n'
+    path = tmp / "tiny.toml"
+    path.write_text(text)
+    return path

@@ -1,0 +1,85 @@
+"""scripts/device_check.sh as a CPU dry run on tiny generated images: every step runs, what comes
+back fits in 8 files, and a campaign cut by the cap still leaves a readable leaderboard."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT
+from tests.search.searchkit import campaign_preset
+
+
+def dry_run(tmp: Path, *, cap: int, retrain: str | None = None) -> tuple[int, Path, str]:
+    tables = {"retrain": retrain} if retrain else {}
+    preset = campaign_preset(tmp, **tables)
+    out = tmp / "out"
+    env = {
+        **os.environ,
+        "OUT": str(out),
+        "NAS_DRY_RUN": "1",
+        "NAS_PYTHON": sys.executable,
+        "NAS_CAMPAIGN_CONFIG": str(preset),
+        "NAS_CAMPAIGN_ARGS": "--device cpu",
+        "NAS_CAMPAIGN_CAP": str(cap),
+        "NAS_RESULTS": str(tmp / "results"),
+        "NAS_BENCH_ARGS": (
+            f"--device cpu --models {tmp / 'ref.toml'} --batch-size 8 "
+            "--steps 2 --warmup 0 --repeats 1 --no-fit --eval-images 6"
+        ),
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "device_check.sh")],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return done.returncode, out, done.stdout + done.stderr
+
+
+def leaderboard_in(tarball: Path) -> pd.DataFrame:
+    with tarfile.open(tarball) as tar:
+        name = next(n for n in tar.getnames() if n.endswith("reference/tiny/leaderboard.csv"))
+        f = tar.extractfile(name)
+        assert f is not None
+        return pd.read_csv(f)
+
+
+@pytest.mark.slow
+def test_dry_run_runs_every_step_and_packs_at_most_8_files(tmp_path: Path) -> None:
+    code, out, log = dry_run(tmp_path, cap=300)
+    assert code == 0, log
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8 and {"device_check.log", "result.tar.gz", "summary.txt"} <= set(files)
+    summary = (out / "summary.txt").read_text()
+    for step in ("gpu tests", "bench_train", "campaign", "campaign --summarize", "pack"):
+        assert f"{step}" in summary
+    assert "bench_train: exit 0" in summary and "campaign: exit 0" in summary, summary
+    board = leaderboard_in(out / "result.tar.gz")
+    assert set(board["source"]) == {"search", "reference"} and set(board["seeds"]) == {2}
+    with tarfile.open(out / "result.tar.gz") as tar:
+        names = tar.getnames()
+    assert any(n.endswith("reference/tiny/README.md") for n in names)
+    assert any("/bench/train-cpu" in n for n in names)  # the benchmark's JSON
+    assert not any(n.endswith(".safetensors") for n in names)  # no weights carried back
+
+
+@pytest.mark.slow
+def test_a_campaign_cut_by_the_cap_leaves_a_readable_leaderboard(tmp_path: Path) -> None:
+    # Retraining long enough that the cap lands in it, after the search.
+    code, out, log = dry_run(tmp_path, cap=25, retrain="top = 1\nseeds = 2\nepochs = 400")
+    assert code == 0, log
+    summary = (out / "summary.txt").read_text()
+    assert "campaign: exit 124" in summary, summary  # timeout's code for a command it stopped
+    assert "campaign --summarize: exit 0" in summary
+    board = leaderboard_in(out / "result.tar.gz")  # readable, possibly without rows yet
+    assert {"budget", "source", "name", "test_acc_mean"} <= set(board.columns)
+    assert "interrupted" in log
