@@ -30,6 +30,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
+from search.study import learning_curve
 from space import Genotype, build, format_count
 from space._io import write_atomic
 
@@ -66,7 +67,7 @@ def artifact_names(trial: FrozenTrial) -> list[str]:
     if trial.state not in usable or status.startswith("rejected"):
         return []
     names = []
-    if trial.user_attrs.get("curve"):
+    if learning_curve(trial):
         names.append(f"trial-{trial.number}-curve.png")
     if "genotype" in trial.user_attrs:
         names.append(f"trial-{trial.number}-summary.txt")
@@ -194,17 +195,18 @@ def write_curve_png(path: Path, trial: FrozenTrial, *, max_epochs: int | None = 
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-    curve = [float(a) for a in trial.user_attrs.get("curve", [])]
+    curve = learning_curve(trial)  # (epoch, accuracy) where it was evaluated
     loss = [float(x) for x in trial.user_attrs.get("train_loss", [])]
-    epochs = range(1, len(curve) + 1)
     fig = Figure(figsize=(7.0, 3.6), dpi=110, layout="constrained")
     ax = fig.add_subplot()
-    ax.plot(epochs, curve, marker="o", color="tab:blue", label="validation accuracy")
+    epochs = [e for e, _ in curve]
+    accuracy = [a for _, a in curve]
+    ax.plot(epochs, accuracy, marker="o", color="tab:blue", label="validation accuracy")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy", color="tab:blue")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlim(0.5, max(max_epochs or 0, len(curve)) + 0.5)
+    ax.set_xlim(0.5, max(max_epochs or 0, len(loss), *epochs) + 0.5)
     ax.grid(alpha=0.3)
     if loss:
         twin = ax.twinx()

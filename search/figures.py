@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from search.study import is_feasible_complete, is_rejected
+from search.study import is_feasible_complete, is_rejected, learning_curve
 from space import format_count
 from space.errors import UserError
 
@@ -391,11 +391,11 @@ def curves_figure(views: Sequence[StudyView], *, top: int = 10) -> go.Figure:
         xs: list[float | None] = []
         ys: list[float | None] = []
         for t in view.trials:
-            curve = _curve(t)
+            curve = learning_curve(t)
             if t.number in chosen or not curve or is_rejected(t) or "duplicate_of" in t.user_attrs:
                 continue
-            xs += [*range(1, len(curve) + 1), None]  # None breaks the line between trials
-            ys += [*curve, None]
+            xs += [*(e for e, _ in curve), None]  # None breaks the line between trials
+            ys += [*(a for _, a in curve), None]
         if xs:
             fig.add_trace(
                 go.Scatter(
@@ -409,11 +409,11 @@ def curves_figure(views: Sequence[StudyView], *, top: int = 10) -> go.Figure:
                 )
             )
         for t in best:
-            curve = _curve(t)
+            curve = learning_curve(t)
             fig.add_trace(
                 go.Scatter(
-                    x=list(range(1, len(curve) + 1)),
-                    y=curve,
+                    x=[e for e, _ in curve],
+                    y=[a for _, a in curve],
                     mode="lines+markers",
                     line={
                         "color": next(colors),
@@ -443,13 +443,6 @@ def curves_figure(views: Sequence[StudyView], *, top: int = 10) -> go.Figure:
     )
     fig.update_yaxes(title="validation accuracy", tickformat=".0%")
     return fig
-
-
-def _curve(t: FrozenTrial) -> list[float]:
-    curve = t.user_attrs.get("curve")
-    if curve:
-        return [float(a) for a in curve]
-    return [float(t.intermediate_values[k]) for k in sorted(t.intermediate_values)]
 
 
 def budget_figure(views: Sequence[StudyView]) -> go.Figure:

@@ -331,6 +331,7 @@ def _run_worker(
         device=plan.device,
         seed=plan.search.seed,
         progress=progress,
+        eval_every_epoch=plan.search.eval_every_epoch,
     )
     lock = ClaimLock(spec, storage, plan.study_name)
     bar = _trial_bar(plan, study, disable=quiet or not progress)

@@ -17,7 +17,6 @@ has been silent for the grace period.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import math
 import os
 import threading
@@ -85,6 +84,8 @@ class SearchConfig:
     min_epochs: int = 1  # Hyperband: the fewest epochs a trial runs before it can be pruned
     reduction_factor: int = 3  # Hyperband: keep about 1 in this many at each rung
     startup_trials: int = 10  # random trials before TPE models the space, over all brackets
+    eval_every_epoch: bool = False  # whole learning curves: validate after every epoch, not only
+    # at Hyperband's rungs and the last epoch (costs one validation pass per extra epoch)
     heartbeat: int = 30  # seconds between heartbeats of a running trial (RDB storages)
     grace: int = 120  # seconds of silence after which another worker fails and retries it
 
@@ -308,6 +309,7 @@ class Context:
     device: torch.device
     seed: int
     progress: bool = False
+    eval_every_epoch: bool = False  # validation after every epoch, not only at Hyperband's rungs
 
 
 def objective(trial: optuna.Trial, ctx: Context) -> float:
@@ -340,9 +342,7 @@ def objective(trial: optuna.Trial, ctx: Context) -> float:
 
     twin = find_twin(ctx.study, trial.number, g.key())
     if twin is not None:
-        # Nothing is trained: the twin's curve is shown for plots, no training time is claimed.
-        if "curve" in twin.user_attrs:
-            trial.set_user_attr("curve", twin.user_attrs["curve"])
+        # Nothing is trained and no training time is claimed; plots show the twin.
         trial.set_user_attr("duplicate_of", twin.number)
         if twin.state == TrialState.PRUNED:
             trial.set_user_attr("status", f"pruned: same genotype as trial {twin.number}")
@@ -353,13 +353,16 @@ def objective(trial: optuna.Trial, ctx: Context) -> float:
     train = dataclasses.replace(ctx.settings.train, seed=ctx.seed + trial.number)
     trial.set_user_attr("device", provenance.device_name(ctx.device))
     epochs: list[EpochStats] = []
+    # Validation runs where Hyperband reads it (its rungs, and the last epoch), unless the
+    # search asks for whole learning curves; the accuracies are the trial's intermediate values.
+    rungs = rung_epochs(ctx.settings.min_epochs, train.epochs, ctx.settings.reduction_factor)
 
     def on_epoch(stats: EpochStats) -> None:
         stop_if_asked()
         epochs.append(stats)
-        assert stats.eval_acc is not None
+        if stats.eval_acc is None:
+            return
         trial.report(stats.eval_acc, stats.epoch)
-        trial.set_user_attr("curve", [e.eval_acc for e in epochs])
         # The last epoch is never pruned: the trial's training is done by then, and Optuna's
         # Hyperband has a rung there that would throw a fully trained result away.
         if stats.epoch < train.epochs and trial.should_prune():
@@ -367,7 +370,11 @@ def objective(trial: optuna.Trial, ctx: Context) -> float:
 
     torch.manual_seed(train.seed)
     model = build(g, num_classes=ds.num_classes, in_channels=ds.in_channels)
-    out_of_memory = None
+    # How the training ended, as text only: an exception's traceback holds fit's frame, and with
+    # it the model, its gradients and the optimizer state. Raised again below, after the model
+    # is let go, so a pruned or failed trial frees its memory at once (not at the next garbage
+    # collection), which matters when workers share a GPU.
+    pruned = out_of_memory = None
     try:
         fit(
             model,
@@ -378,20 +385,17 @@ def objective(trial: optuna.Trial, ctx: Context) -> float:
             config=train,
             device=ctx.device,
             eval_set=ds.val,
+            eval_epochs=None if ctx.eval_every_epoch else rungs,
             on_epoch=on_epoch,
             progress=ctx.progress,
             desc=f"trial {trial.number}",
             stop=STOP,
         )
     except optuna.TrialPruned as exc:
-        trial.set_user_attr("status", f"pruned: {exc}")
-        raise
+        pruned = str(exc)
     except TrainingDiverged as exc:
-        trial.set_user_attr("status", f"pruned: diverged: {exc}")
-        raise optuna.TrialPruned(f"diverged: {exc}") from None
+        pruned = f"diverged: {exc}"
     except torch.cuda.OutOfMemoryError as exc:
-        # Keep only the message: the exception's traceback holds fit's frame, and with it the
-        # model, its gradients and the optimizer state; they are freed below, outside this block.
         lines = str(exc).strip().splitlines()
         out_of_memory = lines[0] if lines else "out of memory"
     finally:
@@ -399,17 +403,42 @@ def objective(trial: optuna.Trial, ctx: Context) -> float:
         trial.set_user_attr("train_seconds", sum(e.seconds for e in epochs))
         trial.set_user_attr("train_loss", [e.train_loss for e in epochs])
         if epochs:
-            trial.set_user_attr("curve", [e.eval_acc for e in epochs])
             trial.set_user_attr("images_per_s", sum(e.images_per_s for e in epochs) / len(epochs))
+    del model
     if out_of_memory is not None:
-        del model
-        gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         trial.set_user_attr("status", f"failed: CUDA out of memory ({out_of_memory[:200]})")
         raise torch.cuda.OutOfMemoryError(out_of_memory)  # Optuna marks the trial failed
+    if pruned is not None:
+        trial.set_user_attr("status", f"pruned: {pruned}")
+        raise optuna.TrialPruned(pruned)
     trial.set_user_attr("status", f"complete: {len(epochs)} epochs")
     return epochs[-1].eval_acc  # type: ignore[return-value]
+
+
+def rung_epochs(min_epochs: int, max_epochs: int, reduction_factor: int) -> frozenset[int]:
+    """The epochs at which Optuna's HyperbandPruner reads a trial's accuracy, and the last one.
+
+    Bracket s is successive halving with rungs at ``min_epochs * reduction_factor ** (s + k)``
+    (Optuna's ``min_early_stopping_rate`` = s), so over all brackets the rungs are the powers
+    ``min_epochs * reduction_factor ** j``: the same set whichever bracket a trial lands in.
+    """
+    rungs = {max_epochs}
+    epoch = min_epochs
+    while epoch < max_epochs:
+        rungs.add(epoch)
+        epoch *= reduction_factor
+    return frozenset(rungs)
+
+
+def learning_curve(t: FrozenTrial) -> list[tuple[int, float]]:
+    """(epoch, validation accuracy) of every epoch at which the trial was evaluated: its
+    intermediate values; trials recorded before that also kept a per-epoch ``curve``."""
+    if t.intermediate_values:
+        return sorted((int(k), float(v)) for k, v in t.intermediate_values.items())
+    curve = t.user_attrs.get("curve") or []
+    return [(i, float(a)) for i, a in enumerate(curve, start=1) if a is not None]
 
 
 def is_rejected(t: FrozenTrial) -> bool:

@@ -20,7 +20,7 @@ import dataclasses
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,7 @@ def fit(
     config: TrainConfig,
     device: torch.device,
     eval_set: ImageSet | None = None,
+    eval_epochs: Container[int] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     checkpoint: Path | None = None,
     progress: bool = False,
@@ -176,8 +177,10 @@ def fit(
 ) -> History:
     """Train ``model`` in place on ``train``; return the history of every epoch.
 
-    After each epoch the model is evaluated on ``eval_set`` (plain view, EMA weights when EMA is
-    on), then ``on_epoch`` is called; an exception from it stops training and propagates.
+    After each epoch in ``eval_epochs`` (1-based; every epoch when None) the model is evaluated
+    on ``eval_set`` (plain view, EMA weights when EMA is on), then ``on_epoch`` is called with
+    the epoch's figures (``eval_acc`` None where it was not evaluated); an exception from it stops
+    training and propagates.
     Once ``stop`` is set (by a signal handler, say), the next step raises KeyboardInterrupt:
     a place where nothing else is half done, unlike wherever an asynchronous one would land.
     With EMA, the model holds the EMA weights when ``fit`` returns.
@@ -294,7 +297,7 @@ def fit(
                     device=device,
                     views=1,
                 )[0]
-                if eval_set is not None
+                if eval_set is not None and (eval_epochs is None or epoch + 1 in eval_epochs)
                 else None
             )
             stats = EpochStats(
@@ -431,21 +434,30 @@ def predict_logits(
     device: torch.device,
     views: int,
 ) -> torch.Tensor:
-    """(views, N, classes) float32 logits of uint8 (N, C, H, W) ``images``, one per TTA view."""
+    """(views, N, classes) float32 logits of uint8 (N, C, H, W) ``images``, one per TTA view.
+
+    Every batch has the same size (the last one padded with blank images whose logits are
+    dropped; the model is in eval mode, so images do not affect each other): cuDNN picks its
+    kernels for one shape, not two.
+    """
     cuda = device.type == "cuda"
     model.eval()
     out = []
-    for start in range(0, images.shape[0], config.eval_batch_size):
-        x = normalization.apply(
-            images[start : start + config.eval_batch_size].to(device).float() / 255
-        )
+    n = images.shape[0]
+    batch = min(config.eval_batch_size, n)
+    for start in range(0, n, batch):
+        chunk = images[start : start + batch].to(device)
+        real = chunk.shape[0]
+        if real < batch:
+            chunk = torch.cat([chunk, chunk.new_zeros((batch - real, *chunk.shape[1:]))])
+        x = normalization.apply(chunk.float() / 255)
         if cuda and config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         per_view = []
         for flip, dy, dx in TTA_VIEWS[:views]:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and config.bf16):
                 logits = model(view(x, flip, dy * config.tta_shift, dx * config.tta_shift))
-            per_view.append(logits.float())
+            per_view.append(logits[:real].float())
         out.append(torch.stack(per_view))
     return torch.cat(out, dim=1)
 
