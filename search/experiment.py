@@ -118,6 +118,8 @@ def run_experiment(
         _discard_run(out, fresh_flag)
     if config_path.exists():
         recorded = _read_json(config_path, fresh_flag).get("settings")
+        if isinstance(recorded, dict) and isinstance(recorded.get("train"), dict):
+            recorded = {**recorded, "train": TrainConfig.with_new_defaults(recorded["train"])}
         if recorded != settings:
             key, there, now = first_difference(recorded, settings)
             raise UserError(

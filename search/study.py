@@ -244,7 +244,7 @@ def open_study(
         pruner=pruner,
         load_if_exists=True,
     )
-    recorded = study.user_attrs.get("settings")
+    recorded = _with_new_defaults(study.user_attrs.get("settings"))
     wanted = settings.record()
     if recorded is None:
         study.set_user_attr("settings", wanted)
@@ -263,6 +263,14 @@ def open_study(
             "--study-name"
         )
     return study
+
+
+def _with_new_defaults(recorded: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A study's recorded settings, with the training settings added since it was made at their
+    defaults (which is what its trials ran with), so that it still resumes."""
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("train"), dict):
+        return recorded
+    return {**recorded, "train": TrainConfig.with_new_defaults(recorded["train"])}
 
 
 def host_salt() -> int:

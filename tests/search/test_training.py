@@ -302,3 +302,59 @@ def test_fit_on_cuda_with_bf16_and_channels_last(data) -> None:
         eval_set=data.val,
     )
     assert len(history.epochs) == 2 and math.isfinite(history.epochs[-1].train_loss)
+
+
+def test_cuda_graph_off_the_gpu_is_the_eager_run(data) -> None:
+    # The graph only replaces the model's forward and backward on CUDA; elsewhere the setting
+    # must change nothing at all.
+    aug = Augment(crop_padding=2, cutout=4, auto="trivialaugment", cutmix_alpha=1.0)
+    eager, he = run(data, TrainConfig(epochs=2, batch_size=16, lr=0.1), augment=aug)
+    graphed, hg = run(
+        data, TrainConfig(epochs=2, batch_size=16, lr=0.1, cuda_graph=True), augment=aug
+    )
+    assert [e.train_loss for e in he.epochs] == [e.train_loss for e in hg.epochs]
+    for p, q in zip(eager.state_dict().values(), graphed.state_dict().values(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_compile_and_cuda_graph_are_one_or_the_other() -> None:
+    with pytest.raises(TrainConfigError, match="compile and cuda_graph"):
+        TrainConfig(compile=True, cuda_graph=True)
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes(data, tmp_path) -> None:
+    config = TrainConfig(epochs=2, batch_size=16, lr=0.1)
+    path = tmp_path / "state.pt"
+    run(data, TrainConfig(epochs=1, batch_size=16, lr=0.1), checkpoint=path)
+    state = torch.load(path, weights_only=False)
+    state["config"] = {**config.to_dict()}
+    del state["config"]["cuda_graph"]  # as an older version wrote it
+    torch.save(state, path)
+    _, history = run(data, config, checkpoint=path)
+    assert len(history.epochs) == 2  # resumed after the recorded epoch, not refused
+
+
+@pytest.mark.gpu
+def test_cuda_graph_agrees_with_eager_on_cuda(data) -> None:
+    cuda = torch.device("cuda")
+    results = []
+    for graph in (False, True):
+        torch.manual_seed(0)
+        model = build(TINY, num_classes=3)
+        config = TrainConfig(epochs=3, batch_size=16, lr=0.1, bf16=False, cuda_graph=graph)
+        history = fit(
+            model,
+            data.train,
+            augment=Augment(crop_padding=2, cutmix_alpha=1.0),
+            normalization=norm(data),
+            num_classes=3,
+            config=config,
+            device=cuda,
+            eval_set=data.val,
+        )
+        results.append((model, history))
+    (eager, he), (graphed, hg) = results
+    for a, b in zip(he.epochs, hg.epochs, strict=True):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-3, abs=1e-4)
+    for p, q in zip(eager.state_dict().values(), graphed.state_dict().values(), strict=True):
+        assert torch.allclose(p.float(), q.float(), rtol=1e-3, atol=1e-4)

@@ -111,3 +111,17 @@ def test_evaluation_uses_one_batch_shape_and_the_same_logits() -> None:
     with torch.no_grad():
         assert torch.allclose(logits[0], model(x), atol=1e-6)  # padding changes nothing
         assert torch.allclose(logits[1], model(x.flip(3)), atol=1e-6)
+
+
+def test_a_study_from_before_a_training_setting_existed_resumes(tmp_path) -> None:
+    assert run_main(search_args(tmp_path, trials=1)) == 0
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///results/tiny.db")
+    settings = study.user_attrs["settings"]
+    del settings["train"]["cuda_graph"]  # as a study of an older version recorded it
+    study.set_user_attr("settings", settings)
+    assert run_main(search_args(tmp_path, trials=2)) == 0
+    assert len(study.trials) == 2
+    # A setting that differs from what the study ran with is still refused.
+    settings["train"]["cuda_graph"] = True
+    study.set_user_attr("settings", settings)
+    assert run_main(search_args(tmp_path, trials=3)) == 2
