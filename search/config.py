@@ -160,9 +160,14 @@ def resolve_device(text: str) -> torch.device:
     raise UserError(f"--device must be auto, cpu, cuda or cuda:N, but got {text!r}")
 
 
-def configure_torch(device: torch.device) -> None:
-    """Process-wide settings for speed, set by entry points (never at import)."""
+def configure_torch(device: torch.device, *, cudnn_benchmark: bool = True) -> None:
+    """Process-wide settings for speed, set by entry points (never at import).
+
+    ``cudnn_benchmark``: time cuDNN's algorithms for every new convolution shape and keep the
+    fastest (fixed shapes per model); it costs a moment per new network, which many short search
+    trials pay again and again, hence the search's own setting.
+    """
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes per model: pick the fastest kernels
+        torch.backends.cudnn.benchmark = cudnn_benchmark
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

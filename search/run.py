@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = not args.no_progress and not child
     try:
         plan = resolve(args)
-        configure_torch(plan.device)
+        configure_torch(plan.device, cudnn_benchmark=plan.search.cudnn_benchmark)
         dataset = load_dataset(
             plan.data.source,
             val_size=plan.data.val_size,

@@ -86,6 +86,7 @@ class SearchConfig:
     startup_trials: int = 10  # random trials before TPE models the space, over all brackets
     eval_every_epoch: bool = False  # whole learning curves: validate after every epoch, not only
     # at Hyperband's rungs and the last epoch (costs one validation pass per extra epoch)
+    cudnn_benchmark: bool = True  # cuDNN autotuning per network (CUDA); see configure_torch
     heartbeat: int = 30  # seconds between heartbeats of a running trial (RDB storages)
     grace: int = 120  # seconds of silence after which another worker fails and retries it
 
