@@ -34,6 +34,7 @@ written), 130 when interrupted (run the same command again to continue).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import signal
@@ -372,16 +373,32 @@ class Log:
         self._t0 = time.time()
         self.save()
 
-    def stage(self, stage: str, budget: str, seconds: float, code: int) -> None:
+    def stage(
+        self, stage: str, budget: str, seconds: float, code: int, settings: str | None = None
+    ) -> None:
         session = self.sessions[-1]
         session["stages"].append(
-            {"stage": stage, "budget": budget, "seconds": round(seconds, 1), "exit": code}
+            {
+                "stage": stage,
+                "budget": budget,
+                "seconds": round(seconds, 1),
+                "exit": code,
+                **({"settings": settings} if settings else {}),
+            }
         )
         session["seconds"] = round(time.time() - self._t0, 1)
         self.save()
 
     def save(self) -> None:
         write_json_atomic(self.path, {"sessions": self.sessions})
+
+    def finished(self, stage: str, budget: str, settings: str) -> bool:
+        """Whether an earlier session ran ``stage`` of ``budget`` to the end with ``settings``."""
+        return any(
+            (x["stage"], x["budget"], x["exit"], x.get("settings")) == (stage, budget, 0, settings)
+            for s in self.sessions
+            for x in s["stages"]
+        )
 
     def seconds(self, stage: str | None = None) -> float:
         if stage is None:
@@ -396,6 +413,7 @@ def _stage(
     module: str,
     argv: list[str],
     entry: Callable[[list[str]], int],
+    settings: str | None = None,
 ) -> int:
     """Run one command in this process, as typed, and log its wall time and exit code."""
     print(f"\n$ python -m {module} {' '.join(argv)}", flush=True)
@@ -411,7 +429,7 @@ def _stage(
         # search.run installs its own Ctrl-C handling; the next stage gets the campaign's back.
         signal.signal(signal.SIGINT, handlers[0])
         signal.signal(signal.SIGTERM, handlers[1])
-    log.stage(stage, budget, time.time() - started, code)
+    log.stage(stage, budget, time.time() - started, code, settings)
     return code
 
 
@@ -421,17 +439,27 @@ def run_budget(campaign: Campaign, b: BudgetPlan, log: Log, *, progress: bool) -
     from search import run as search_run
 
     quiet = [] if progress else ["--no-progress"]
-    preset = campaign.work / f"search-{b.label}.toml"
-    write_text_atomic(
-        preset,
-        f"# Written by python -m search.campaign from {campaign.preset}: the search of budget "
-        f"{b.label}.\n" + dumps_toml(campaign.search_tables(b)),
-    )
-    code = _stage(
-        log, "search", b.label, "search.run", ["--config", str(preset), *quiet], search_run.main
-    )
-    if code != 0:
-        return code
+    tables = campaign.search_tables(b)
+    # A search that ended (trials done, or its timeout) is not run again: a timeout-bound one
+    # would search on. Where the data lives does not count; what it holds the study checks.
+    digest = hashlib.sha256(
+        dumps_toml(
+            {**tables, "data": {k: v for k, v in tables["data"].items() if k != "source"}}
+        ).encode()
+    ).hexdigest()[:16]
+    if log.finished("search", b.label, digest):
+        print(f"\nsearch at {b.label}: finished in an earlier session with these settings")
+    else:
+        preset = campaign.work / f"search-{b.label}.toml"
+        write_text_atomic(
+            preset,
+            f"# Written by python -m search.campaign from {campaign.preset}: the search of "
+            f"budget {b.label}.\n" + dumps_toml(tables),
+        )
+        argv = ["--config", str(preset), *quiet]
+        code = _stage(log, "search", b.label, "search.run", argv, search_run.main, digest)
+        if code != 0:
+            return code
 
     url = campaign.storage_url(b)
     models = plan_models(campaign, b)

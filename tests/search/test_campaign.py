@@ -112,6 +112,8 @@ def test_campaign_runs_resumes_and_writes_a_comparison(
         assert len(con.execute("SELECT number FROM trials").fetchall()) == 3
     record = json.loads((out / "campaign.json").read_text())
     assert len(record["sessions"]) == 2 and record["wall_seconds"] > 0
+    # The search had finished: the second session did not run it again.
+    assert [x["stage"] for x in record["sessions"][1]["stages"]] == ["retrain", "report"]
 
 
 def test_summarize_writes_the_result_from_what_exists(tmp_path: Path) -> None:
