@@ -1,16 +1,28 @@
 """RandAugment and TrivialAugment-Wide for a whole batch at once, on the batch's device.
 
 torchvision's ``RandAugment`` / ``TrivialAugmentWide`` draw one op per call, from the global RNG,
-read on the host; a batch passed to them gets the same op for every image. So a loader that keeps
-the dataset on the GPU would have to loop over its images. Here every image draws its own op,
-magnitude bin and sign from one ``torch.Generator``, and the ops run as a fixed sequence of
-batched kernels:
+read on the host; a batch passed to them gets the same op for every image. Here every image draws
+its own op, magnitude bin and sign from one ``torch.Generator``, and pays only for the op it drew:
 
-- the geometric ops (ShearX/Y, TranslateX/Y, Rotate) share one ``affine_grid`` + ``grid_sample``
-  with a per-image matrix (the identity for images that drew another op);
-- each colour op is computed for the whole batch and kept, with ``torch.where``, for the images
-  that drew it. Boolean indexing would compute less, but its output size depends on the data, so
-  on CUDA it waits for the GPU; this way nothing syncs and the work is ~14 cheap passes per round.
+- The batch is dealt into 14 groups of m = ceil(B / 14) slots, one group per op. A random
+  permutation of the 14 m slots (``randperm`` on the device) names the image in each slot, or
+  marks it as padding (a value >= B). One ``index_select`` gathers the slots, each op transforms
+  its m slots as one sub-batch, one ``cat`` joins the results in slot order and one more
+  ``index_select`` (at the inverse permutation) puts every image back in its row; padding slots
+  hold a copy of some image, are computed and dropped. An image's slot is uniform over all 14 m,
+  so its op is uniform over the 14 ops, as in torchvision. Identity costs nothing, and the 5
+  geometric ops share one ``affine_grid`` + ``grid_sample`` over their 5 m adjacent slots.
+- Each slot draws a column of its op's row in a parameter table: 2 * bin + (1 for a negative
+  sign), uniform over the 62 columns for TrivialAugment and over the 2 columns of the fixed bin
+  for RandAugment. The table holds what the op's kernel needs, derived from the signed magnitude
+  (the affine matrix, 1 - factor, 2**bits, ...); an unsigned op has the same entry for both signs.
+  RandAugment's rounds each deal the batch again with a fresh permutation.
+
+Every shape depends on the batch size alone, and the draws enter only as indices on the device:
+no boolean masks, ``nonzero``, ``.item()`` or Python branch on a tensor's values. So nothing
+waits for the GPU, and the same code can be captured in a CUDA graph. The tables are built once
+per (policy, image size, channels, device, dtype) and kept; run the function once before
+capturing it (a table built during a capture is not kept).
 
 The op list, the 31 magnitude bins and the signed/unsigned rules are torchvision's
 (``transforms.v2.RandAugment._AUGMENTATION_SPACE`` and ``TrivialAugmentWide._AUGMENTATION_SPACE``),
@@ -21,13 +33,16 @@ interpolation and fill 0 for the geometric ops. Images are (B, C, H, W) floats i
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 __all__ = ["NUM_MAGNITUDE_BINS", "OP_NAMES", "rand_augment", "trivial_augment"]
 
 # torchvision's order. The ops with a magnitude sign are indices 1..9 and the geometric ones 1..5,
-# so both sets are ranges and need no lookup table on the device.
+# so both sets are ranges, and the geometric ops' slots are adjacent.
 OP_NAMES: tuple[str, ...] = (
     "Identity",
     "ShearX",
@@ -45,9 +60,12 @@ OP_NAMES: tuple[str, ...] = (
     "Equalize",
 )
 NUM_MAGNITUDE_BINS = 31  # torchvision's default; bins 0..30
+_NUM_CHOICES = 2 * NUM_MAGNITUDE_BINS  # columns of the parameter tables: 2 * bin + (sign < 0)
 _OP = {name: i for i, name in enumerate(OP_NAMES)}
 _SIGNED = range(_OP["ShearX"], _OP["Sharpness"] + 1)
 _GEOMETRIC = range(_OP["ShearX"], _OP["Rotate"] + 1)
+# Scalar parameters per op, in the units its kernel takes (see _build_tables); at most 3 per op.
+_NUM_SCALARS = 3
 
 
 def rand_augment(
@@ -66,15 +84,13 @@ def rand_augment(
         raise ValueError(
             f"`0 <= magnitude <= {NUM_MAGNITUDE_BINS - 1}` must hold, but got magnitude={magnitude}"
         )
-    if num_ops == 0:
+    if num_ops == 0 or x.shape[0] == 0:
         return x.clone()
-    batch, _, height, width = x.shape
-    table = _magnitude_table(wide=False, height=height, width=width, device=x.device)
     out = x.to(_work_dtype(x.dtype))
+    tables = _tables(False, *x.shape[1:], x.device, out.dtype)
     for _ in range(num_ops):
-        op = torch.randint(len(OP_NAMES), (batch,), generator=generator, device=x.device)
-        sign = _random_sign(op, generator)
-        out = _apply_ops(out, op, table[op, magnitude] * sign)
+        draws = _draw(x.shape[0], level=magnitude, generator=generator, device=x.device)
+        out = _augment(out, draws, tables)
     return out.to(x.dtype)
 
 
@@ -85,13 +101,12 @@ def trivial_augment(x: torch.Tensor, *, generator: torch.Generator) -> torch.Ten
     ``x``'s shape, dtype and device, values in [0, 1].
     """
     _check_input(x, generator)
-    batch, _, height, width = x.shape
-    table = _magnitude_table(wide=True, height=height, width=width, device=x.device)
-    op = torch.randint(len(OP_NAMES), (batch,), generator=generator, device=x.device)
-    level = torch.randint(NUM_MAGNITUDE_BINS, (batch,), generator=generator, device=x.device)
-    sign = _random_sign(op, generator)
-    out = _apply_ops(x.to(_work_dtype(x.dtype)), op, table[op, level] * sign)
-    return out.to(x.dtype)
+    if x.shape[0] == 0:
+        return x.clone()
+    work = x.to(_work_dtype(x.dtype))
+    tables = _tables(True, *x.shape[1:], x.device, work.dtype)
+    draws = _draw(x.shape[0], level=None, generator=generator, device=x.device)
+    return _augment(work, draws, tables).to(x.dtype)
 
 
 def _check_input(x: torch.Tensor, generator: torch.Generator) -> None:
@@ -109,14 +124,103 @@ def _check_input(x: torch.Tensor, generator: torch.Generator) -> None:
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     # float16/bfloat16 have 8-11 mantissa bits: too coarse for 256-level histograms and for the
     # sampling grid of a 32-pixel-wide image, so compute in float32 and cast back once at the end.
-    return torch.promote_types(dtype, torch.float32)
+    # (torch.promote_types would be one more ATen op per call.)
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _random_sign(op: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """(B,) float: -1 with probability 1/2 for images whose op is signed, else +1."""
-    flip = torch.rand(op.shape, generator=generator, device=op.device) < 0.5
-    signed = (op >= _SIGNED.start) & (op < _SIGNED.stop)
-    return torch.where(flip & signed, -1.0, 1.0)
+@dataclass(frozen=True)
+class _Draws:
+    """One round's random choices for a batch of B images, dealt into 14 groups of m slots.
+
+    Slot s belongs to op ``OP_NAMES[s // m]``.
+    """
+
+    image: torch.Tensor  # (14 m,) int64: the image in each slot; a value >= B marks padding
+    choice: torch.Tensor  # (14, m) int64: 2 * bin + (1 if the sign is negative), in 0..61
+
+
+def _draw(
+    batch: int, *, level: int | None, generator: torch.Generator, device: torch.device | str
+) -> _Draws:
+    """Deal ``batch`` images into slots and draw each slot's bin and sign (see ``_Draws``).
+
+    ``level=None`` draws the bin uniformly from 0..30 (TrivialAugment), else every slot gets bin
+    ``level`` (RandAugment). The sign is + or - with probability 1/2 either way; unsigned ops
+    ignore it. The only draws from ``generator`` that the augmentation makes.
+    """
+    per_op = -(-batch // len(OP_NAMES))
+    image = torch.randperm(per_op * len(OP_NAMES), generator=generator, device=device)
+    low, high = (0, _NUM_CHOICES) if level is None else (2 * level, 2 * level + 2)
+    shape = (len(OP_NAMES), per_op)
+    choice = torch.randint(low, high, shape, generator=generator, device=device)
+    return _Draws(image=image, choice=choice)
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """Per-(op, choice) parameters, derived once from the signed magnitudes (see ``_tables``)."""
+
+    scalars: torch.Tensor  # (3, 14, 62): the op's scalar parameters, unused ones 0
+    theta: torch.Tensor  # (5, 62, 2, 3): affine_grid's matrix for each geometric op
+    ops: torch.Tensor  # (14, 1) int64: 0..13, to index ``scalars`` per slot
+    geometric: torch.Tensor  # (5, 1) int64: 0..4, to index ``theta`` per slot
+    blur: torch.Tensor  # (C, 1, 3, 3): Sharpness's smoothing kernel, one per channel
+
+
+def _tables(
+    wide: bool, channels: int, height: int, width: int, device: torch.device, dtype: torch.dtype
+) -> _Tables:
+    """The tables for TrivialAugment (``wide``) or RandAugment on such images; built once, kept.
+
+    Not kept while a CUDA graph is being captured: the table would live in the graph's memory
+    and hold its values only after a replay.
+    """
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return _build_tables(wide, channels, height, width, device, dtype)
+    with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable anywhere
+        return _cached_tables(wide, channels, height, width, device, dtype)
+
+
+def _build_tables(
+    wide: bool, channels: int, height: int, width: int, device: torch.device, dtype: torch.dtype
+) -> _Tables:
+    """Build ``_Tables`` in ``dtype``; every value is computed by the formula the op used per image.
+
+    Column j of op k holds the op at bin j // 2, with the sign negated when j is odd and the op is
+    signed. The scalar rows, per op:
+      Brightness: factor 1 + m;  Color, Contrast: ratio 1 + m, 1 - ratio;  Sharpness: 1 - (1 + m);
+      Posterize: 2**bits, 2**bits - 1, 1 / 2**bits with bits = trunc(m);  Solarize: threshold m.
+    """
+    ops = torch.arange(len(OP_NAMES), device=device).view(-1, 1)
+    unsigned = _magnitude_table(wide=wide, height=height, width=width, device=device).to(dtype)
+    signed = (ops >= _SIGNED.start) & (ops < _SIGNED.stop)
+    flip = torch.where(signed, -1.0, 1.0).to(dtype)  # (14, 1)
+    # (14, 31, 2) -> (14, 62): column 2 * bin + (sign < 0).
+    magnitude = torch.stack([unsigned, unsigned * flip], dim=-1).view(len(OP_NAMES), _NUM_CHOICES)
+
+    scalars = magnitude.new_zeros(_NUM_SCALARS, len(OP_NAMES), _NUM_CHOICES)
+    for name in ("Brightness", "Color", "Contrast"):
+        ratio = 1.0 + magnitude[_OP[name]]
+        scalars[0, _OP[name]] = ratio
+        scalars[1, _OP[name]] = 1.0 - ratio  # Brightness does not use it
+    scalars[0, _OP["Sharpness"]] = 1.0 - (1.0 + magnitude[_OP["Sharpness"]])
+    levels = torch.exp2(magnitude[_OP["Posterize"]].trunc())
+    scalars[:, _OP["Posterize"]] = torch.stack([levels, levels - 1.0, 1.0 / levels])
+    scalars[0, _OP["Solarize"]] = magnitude[_OP["Solarize"]]
+
+    blur = torch.full((channels, 1, 3, 3), 1.0 / 13.0, dtype=dtype, device=device)
+    blur[:, :, 1, 1] = 5.0 / 13.0
+    return _Tables(
+        scalars=scalars,
+        theta=_affine_theta(magnitude[_GEOMETRIC.start : _GEOMETRIC.stop], height, width),
+        ops=ops,
+        geometric=torch.arange(len(_GEOMETRIC), device=device).view(-1, 1),
+        blur=blur,
+    )
+
+
+# A few entries: one per (policy, image size, channels, device, dtype) that a process uses.
+_cached_tables = functools.lru_cache(maxsize=32)(_build_tables)
 
 
 def _magnitude_table(
@@ -161,43 +265,8 @@ def _magnitude_table(
     return torch.stack([rows.get(name, zero) for name in OP_NAMES])
 
 
-def _apply_ops(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
-    """Apply op ``OP_NAMES[op[i]]`` at ``magnitude[i]`` to image ``x[i]``, for every i at once.
-
-    x: (B, C, H, W) float in [0, 1]; op: (B,) int64; magnitude: (B,) float, signed, in the units
-    of ``_magnitude_table`` (the value torchvision passes to its per-op kernel). Returns a new
-    tensor like ``x``. Every op is computed for the whole batch and selected per image, so no
-    step depends on which ops were drawn (no host sync on CUDA).
-    """
-    work = x.to(_work_dtype(x.dtype))
-    magnitude = magnitude.to(work.dtype)
-
-    def chose(name: str) -> torch.Tensor:
-        return op == _OP[name]
-
-    def param(name: str, neutral: float) -> torch.Tensor:
-        # (B, 1, 1, 1): the image's magnitude where it drew `name`, else a harmless value, so the
-        # images that discard this op's result never see e.g. a 135-"bit" posterize.
-        return torch.where(chose(name), magnitude, neutral).view(-1, 1, 1, 1)
-
-    def keep(name: str, result: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        return torch.where(chose(name).view(-1, 1, 1, 1), result, out)
-
-    geometric = (op >= _GEOMETRIC.start) & (op < _GEOMETRIC.stop)
-    out = torch.where(geometric.view(-1, 1, 1, 1), _warp(work, op, magnitude), work)
-    out = keep("Brightness", _brightness(work, 1.0 + param("Brightness", 0.0)), out)
-    out = keep("Color", _saturation(work, 1.0 + param("Color", 0.0)), out)
-    out = keep("Contrast", _contrast(work, 1.0 + param("Contrast", 0.0)), out)
-    out = keep("Sharpness", _sharpness(work, 1.0 + param("Sharpness", 0.0)), out)
-    out = keep("Posterize", _posterize(work, param("Posterize", 8.0).trunc()), out)
-    out = keep("Solarize", _solarize(work, param("Solarize", 1.0)), out)
-    out = keep("AutoContrast", _autocontrast(work), out)
-    out = keep("Equalize", _equalize(work), out)
-    return out.to(x.dtype)
-
-
-def _warp(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
-    """ShearX/Y, TranslateX/Y and Rotate as torchvision v2 ``affine`` / ``rotate`` do them.
+def _affine_theta(magnitude: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(5, N) signed magnitudes of ShearX/Y, TranslateX/Y, Rotate -> (5, N, 2, 3) for affine_grid.
 
     torchvision maps each output pixel, in pixel units centred on the image, through the inverse
     matrix A (2x3) to the source pixel. Its four calls, for one image, give:
@@ -205,9 +274,9 @@ def _warp(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.T
       ShearY(m):     y_s = y + m*x + m*W/2
       Translate(t):  x_s = x - int(t)        (``translate=[int(t), 0]``; likewise y)
       Rotate(a deg): x_s = cos(a) x - sin(a) y,  y_s = sin(a) x + cos(a) y  (counter-clockwise)
-    Each image drew one op, so the others' terms are 0 and one sum of all terms is its A.
+    Row k holds op k's terms and 0 for the others', so one formula serves all five.
     """
-    batch, _, height, width = x.shape
+    op = torch.arange(len(_GEOMETRIC), device=magnitude.device).view(-1, 1) + _GEOMETRIC.start
 
     def term(name: str) -> torch.Tensor:
         return torch.where(op == _OP[name], magnitude, 0.0)
@@ -218,7 +287,7 @@ def _warp(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.T
     cos, sin = torch.cos(angle), torch.sin(angle)
     # affine_grid works in [-1, 1] coordinates (align_corners=False: pixel edges at +-1), i.e.
     # pixel units divided by S = diag(W/2, H/2): theta = S^-1 A S on the linear part, S^-1 on
-    # the shift. Python-scalar factors only, so nothing is copied from the host.
+    # the shift.
     theta = torch.stack(
         [
             cos,
@@ -229,14 +298,64 @@ def _warp(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.T
             (shear_y * (width / 2) - shift_y) * (2 / height),
         ],
         dim=-1,
-    ).view(batch, 2, 3)
-    grid = F.affine_grid(theta, [batch, x.shape[1], height, width], align_corners=False)
+    )
+    return theta.view(*magnitude.shape, 2, 3)
+
+
+def _augment(x: torch.Tensor, draws: _Draws, tables: _Tables) -> torch.Tensor:
+    """One round: image ``draws.image[s]`` gets op ``s // m`` at column ``draws.choice`` of slot s.
+
+    x: (B, C, H, W) in the work dtype, values in [0, 1]. Returns a new tensor like ``x``.
+    """
+    batch, channels, height, width = x.shape
+    num_ops, per_op = draws.choice.shape
+    # (14 m, C, H, W) in slot order; a padding slot gets the last image, whose result is dropped.
+    slots = x.index_select(0, draws.image.clamp(max=batch - 1))
+    group = slots.view(num_ops, per_op, channels, height, width).unbind(0)  # 14 x (m, C, H, W)
+    # 42 x (m, 1, 1, 1): scalar j of op k at index j * 14 + k, each slot's own value.
+    scalars = tables.scalars[:, tables.ops, draws.choice]
+    scalar = scalars.view(-1, per_op, 1, 1, 1).unbind(0)
+
+    def param(name: str, j: int = 0) -> torch.Tensor:
+        return scalar[j * num_ops + _OP[name]]
+
+    geometric = slots[_GEOMETRIC.start * per_op : _GEOMETRIC.stop * per_op]
+    theta = tables.theta[tables.geometric, draws.choice[_GEOMETRIC.start : _GEOMETRIC.stop]]
+    # Color and Contrast are adjacent: one grayscale for both.
+    gray = _grayscale(slots[_OP["Color"] * per_op : (_OP["Contrast"] + 1) * per_op])
+    color, contrast = group[_OP["Color"]], group[_OP["Contrast"]]
+    pieces = [  # in slot order
+        group[_OP["Identity"]],
+        _warp(geometric, theta.view(-1, 2, 3)),
+        _brightness(group[_OP["Brightness"]], param("Brightness")),
+        _saturation(color, gray[:per_op], param("Color"), param("Color", 1)),
+        _contrast(contrast, gray[per_op:], param("Contrast"), param("Contrast", 1)),
+        _sharpness(group[_OP["Sharpness"]], tables.blur, param("Sharpness")),
+        _posterize(
+            group[_OP["Posterize"]],
+            param("Posterize"),
+            param("Posterize", 1),
+            param("Posterize", 2),
+        ),
+        _solarize(group[_OP["Solarize"]], param("Solarize")),
+        _autocontrast(group[_OP["AutoContrast"]]),
+        _equalize(group[_OP["Equalize"]]),
+    ]
+    # Image i sits in the slot where the permutation holds i: the inverse's first B entries.
+    return torch.cat(pieces).index_select(0, draws.image.argsort()[:batch])
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Resample each image (N, C, H, W) through its (N, 2, 3) matrix: nearest, fill 0."""
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
-def _blend(x: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-    # v2 ``_blend``: ratio * x + (1 - ratio) * other, clamped to [0, 1].
-    return (x * ratio + other * (1.0 - ratio)).clamp(0.0, 1.0)
+def _blend(
+    x: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor, complement: torch.Tensor
+) -> torch.Tensor:
+    # v2 ``_blend``: ratio * x + (1 - ratio) * other, clamped to [0, 1]; complement = 1 - ratio.
+    return (x * ratio + other * complement).clamp(0.0, 1.0)
 
 
 def _grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -251,37 +370,44 @@ def _brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return (x * factor).clamp(0.0, 1.0)
 
 
-def _saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def _saturation(
+    x: torch.Tensor, gray: torch.Tensor, ratio: torch.Tensor, complement: torch.Tensor
+) -> torch.Tensor:
     if x.shape[1] == 1:  # torchvision (and PIL) leave a grayscale image as it is
         return x
-    return _blend(x, _grayscale(x), factor)
+    return _blend(x, gray, ratio, complement)
 
 
-def _contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    mean = _grayscale(x).mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
-    return _blend(x, mean, factor)
+def _contrast(
+    x: torch.Tensor, gray: torch.Tensor, ratio: torch.Tensor, complement: torch.Tensor
+) -> torch.Tensor:
+    mean = gray.mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
+    return _blend(x, mean, ratio, complement)
 
 
-def _sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend with a 3x3 smoothing (centre 5/13, ring 1/13) inside a 1-pixel border kept as is."""
+def _sharpness(x: torch.Tensor, kernel: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Blend with a 3x3 smoothing (centre 5/13, ring 1/13) inside a 1-pixel border kept as is.
+
+    ``kernel`` (C, 1, 3, 3); ``weight`` = 1 - factor, the smoothed image's share.
+    """
     _, channels, height, width = x.shape
     if height <= 2 or width <= 2:  # torchvision returns such images unchanged
         return x
-    kernel = x.new_full((1, 1, 3, 3), 1.0 / 13.0)
-    kernel[0, 0, 1, 1] = 5.0 / 13.0
     # Depthwise, as torchvision does: (B, C, H-2, W-2), no padding.
-    blurred = F.conv2d(x, kernel.expand(channels, 1, 3, 3), groups=channels)
-    inner = x[..., 1:-1, 1:-1]
+    blurred = F.conv2d(x, kernel, groups=channels)
     out = x.clone()
-    out[..., 1:-1, 1:-1] = inner + (blurred - inner) * (1.0 - factor)
+    inner = out[..., 1:-1, 1:-1]  # still x's values: inner + (blurred - inner) * (1 - factor)
+    inner.add_((blurred - inner) * weight)
     return out.clamp(0.0, 1.0)
 
 
-def _posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-    # v2 ``posterize_image`` on float input: 2**bits levels, floor(x * levels) / levels. Masking
-    # the top bits of uint8 levels instead would give k * 2**(8 - bits) / 255: 256/255 of this.
-    levels = torch.exp2(bits)
-    return torch.minimum((x * levels).floor().clamp(min=0.0), levels - 1.0) * (1.0 / levels)
+def _posterize(
+    x: torch.Tensor, levels: torch.Tensor, top: torch.Tensor, step: torch.Tensor
+) -> torch.Tensor:
+    # v2 ``posterize_image`` on float input: levels = 2**bits, floor(x * levels) / levels, with
+    # top = levels - 1 and step = 1 / levels. Masking the top bits of uint8 levels instead would
+    # give k * 2**(8 - bits) / 255: 256/255 of this.
+    return torch.minimum((x * levels).floor().clamp(min=0.0), top) * step
 
 
 def _solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
@@ -293,8 +419,8 @@ def _autocontrast(x: torch.Tensor) -> torch.Tensor:
     low = x.amin(dim=(2, 3), keepdim=True)
     high = x.amax(dim=(2, 3), keepdim=True)
     flat = high == low
-    low = torch.where(flat, 0.0, low)
-    span = torch.where(flat, 1.0, high - low)
+    low = low.masked_fill(flat, 0.0)
+    span = (high - low).masked_fill(flat, 1.0)
     return ((x - low) / span).clamp(0.0, 1.0)
 
 
@@ -315,24 +441,52 @@ def _equalize(x: torch.Tensor) -> torch.Tensor:
     brightest = cum.argmax(dim=1, keepdim=True)  # first level at which cum reaches `pixels`
     step = (pixels - hist.gather(1, brightest)).div(255, rounding_mode="floor")  # (B*C, 1)
     lut = (cum[:, :-1] + step // 2).div(step.clamp(min=1), rounding_mode="floor").clamp(0, 255)
-    lut = torch.cat([lut.new_zeros(batch * channels, 1), lut], dim=1)  # (B*C, 256)
+    lut = F.pad(lut, (1, 0))  # (B*C, 256): level 0 maps to 0
     equalized = torch.where(step != 0, lut.gather(1, levels), levels)
     return (equalized.to(x.dtype) * (1.0 / 255.0)).view_as(x)
 
 
-if __name__ == "__main__":
-    # Throughput on this machine's CPU: python -m search.autoaugment
+def main(argv: list[str] | None = None) -> int:
+    """Print ATen operations per call and CPU throughput: ``python -m search.autoaugment``."""
+    import argparse
     import time
 
-    images = torch.rand(512, 3, 32, 32)
-    gen = torch.Generator().manual_seed(0)
-    trivial_augment(images, generator=gen)  # warm-up
-    repeats = 20
-    start = time.perf_counter()
-    for _ in range(repeats):
-        trivial_augment(images, generator=gen)
-    seconds = time.perf_counter() - start
-    print(
-        f"trivial_augment, 512x3x32x32 float32 on CPU ({torch.get_num_threads()} threads): "
-        f"{repeats * images.shape[0] / seconds:,.0f} images/s"
-    )
+    from search.opcount import count_aten_ops
+
+    parser = argparse.ArgumentParser(prog="python -m search.autoaugment", description=main.__doc__)
+    parser.add_argument("--batch", type=int, nargs="+", default=[512, 8192], help="images per call")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    print(f"3x32x32 float32 images on CPU, {torch.get_num_threads()} threads")
+    for batch in args.batch:
+        images = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        gen = torch.Generator().manual_seed(0)
+        for name, augment in (
+            ("trivial_augment", functools.partial(trivial_augment, generator=gen)),
+            (
+                "rand_augment(magnitude=9)",
+                functools.partial(rand_augment, magnitude=9, generator=gen),
+            ),
+        ):
+            augment(images)  # warm-up; builds the tables
+            _, ops = count_aten_ops(augment, images)
+            # Per-call times; the median and the best, as other processes may share the CPU.
+            times: list[float] = []
+            while len(times) < 5 or sum(times) < args.seconds:
+                start = time.perf_counter()
+                augment(images)
+                times.append(time.perf_counter() - start)
+            times.sort()
+            median, best = batch / times[len(times) // 2], batch / times[0]
+            print(
+                f"{name:>26}, batch {batch:>5}: {ops:4d} ATen ops/call, "
+                f"{median:9,.0f} images/s (median of {len(times)} calls), best {best:9,.0f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
