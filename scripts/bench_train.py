@@ -54,9 +54,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from search import provenance
-from search.augment import Normalization, augment_batch, augmented_batches, mix
+from search.augment import CHUNK_IMAGES, Normalization, augment_batch, augmented_batches, mix
 from search.config import configure_torch, resolve_device
 from search.data import ImageSet, load_dataset
+from search.opcount import counting_aten_ops
 from search.training import (
     SYNC_EVERY,
     TrainConfig,
@@ -408,6 +409,44 @@ def pipeline_step(
     return step
 
 
+# The recipe of the issue's goal (at most 80 ATen operations per batch): the heaviest per-image
+# work the default space draws, TrivialAugment with cutout and cutmix.
+GOAL_RECIPE = Augment(crop_padding=4, cutout=8, auto="trivialaugment", cutmix_alpha=1.0)
+GOAL_OPS = 80
+
+
+def aten_ops_per_batch(data: Data, augment: Augment, batch_size: int) -> float:
+    """ATen operations the data side of fit dispatches per training batch: one chunk of the
+    loader (gather, crop, flip, auto-augmentation, normalisation and cutout, once per chunk)
+    and the mixing of each of its batches, over the chunk's batches. Views count (see
+    search.opcount); on a GPU each non-view operation is about one kernel launch."""
+    device = data.train.images.device
+    per_chunk = max(1, CHUNK_IMAGES // batch_size)
+
+    def one_chunk() -> tuple[int, int]:
+        generator = torch.Generator(device=device).manual_seed(0)
+        order = torch.randperm(len(data.train), generator=generator, device=device)
+        loader = augmented_batches(
+            data.train.images,
+            data.train.labels,
+            order,
+            batch_size=batch_size,
+            augment=augment,
+            normalization=data.normalization,
+            generator=generator,
+        )
+        batches = 0
+        with counting_aten_ops() as counts:
+            for x, y in itertools.islice(loader, per_chunk):
+                mix(x, y, augment, data.num_classes, generator)
+                batches += 1
+        return sum(counts.values()), batches
+
+    one_chunk()  # builds the cached tables of the augmentation ops
+    ops, batches = one_chunk()
+    return ops / batches
+
+
 def ceiling_step(
     stepper: Stepper, data: Data, augment: Augment, batch_size: int, device: torch.device
 ) -> Callable[[int], object]:
@@ -518,6 +557,10 @@ def bench_model(path: Path, data: Data, s: Settings) -> dict[str, Any]:
         for (name, ips), views in zip(eval_best.items(), eval_views, strict=True)
     ]
     pipeline = rows[0]
+    ops = {
+        recipe_label(a): aten_ops_per_batch(data, a, s.batch_size)
+        for a in (g.augment, heavy, GOAL_RECIPE)
+    }
     summary = {
         "pipeline_row": pipeline.name,
         "pipeline_images_per_s": pipeline.images_per_s,
@@ -530,6 +573,8 @@ def bench_model(path: Path, data: Data, s: Settings) -> dict[str, Any]:
         },
         "eval_images_per_s": eval_rows[0].images_per_s,
         "eval_tta_images_per_s": eval_rows[1].images_per_s,
+        "aten_ops_per_batch": ops,
+        "aten_ops_goal": {recipe_label(GOAL_RECIPE): GOAL_OPS},
     }
     print_tables(rows, eval_rows, s, config, summary, path.stem, len(held_out))
     return {
@@ -653,6 +698,12 @@ def print_tables(
     print(
         f"     full CIFAR-10 epoch through the pipeline: {seconds[str(FULL_EPOCH)]:,.1f} s for "
         f"{FULL_EPOCH:,} images, {seconds[str(SEARCH_EPOCH)]:,.1f} s for {SEARCH_EPOCH:,}"
+    )
+    ops = ", ".join(f"{recipe} {n:,.0f}" for recipe, n in summary["aten_ops_per_batch"].items())
+    goal = recipe_label(GOAL_RECIPE)
+    print(
+        f"     ATen operations per batch on the data side (augmentation and mixing): {ops} "
+        f"(goal for {goal}: at most {GOAL_OPS})"
     )
 
 
