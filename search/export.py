@@ -26,7 +26,7 @@ import torch
 
 from search.checkpoint import load_model
 from space._cli import ArgumentParser
-from space._io import check_writable_folder, write_atomic
+from space._io import check_writable_folder, disk_full_message, write_atomic
 from space.errors import UserError
 
 TOLERANCE = 1e-4  # max |logit difference| between an export and PyTorch on random input
@@ -158,6 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a full disk: one line; anything else is a bug of ours
+        full = disk_full_message(exc, out)
+        if full is None:
+            raise
+        print(f"error: {full}; free some space and run the command again", file=sys.stderr)
+        return 1
     for r in results:
         check = (
             "not checked (no onnxruntime)"
