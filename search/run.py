@@ -294,7 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.time()
     before = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
     # The Pareto figure and note in optuna-dashboard, kept current by the reporting process.
-    front = None if child else LiveFront(study)
+    front = (
+        None if child else LiveFront(study, journal=spec.path if spec.kind == "journal" else None)
+    )
     try:
         if plan.search.workers > 1 and not child:
             stopped = _supervise(
