@@ -221,6 +221,17 @@ def split_for_search(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except Exception as exc:  # a full disk while the study is opened: one line
+        full = disk_full_message(exc, "the study's storage")
+        if full is None:
+            raise
+        print(f"error: {full}; free some space and run the same command again", file=sys.stderr)
+        return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     # Our own line per trial says how each ended; Optuna's warnings would repeat it with a

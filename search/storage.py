@@ -184,7 +184,10 @@ def _inspect_database(spec: StorageSpec) -> State:
             raise UserError(database_error(spec, exc, connecting=True)) from None
         with connection:
             try:
-                return _check_schema(spec, connection)
+                # Under the lock that guards the creation of Optuna's tables: another process
+                # creating them right now would otherwise be seen half done.
+                with _schema_lock(spec, connection=connection):
+                    return _check_schema(spec, connection)
             except sqlalchemy.exc.SQLAlchemyError as exc:
                 raise UserError(database_error(spec, exc)) from None
     finally:
@@ -345,13 +348,14 @@ def open_storage(spec: StorageSpec, *, heartbeat: int, grace: int) -> BaseStorag
 
 
 @contextlib.contextmanager
-def _schema_lock(spec: StorageSpec) -> Iterator[None]:
-    """Hold a lock while Optuna opens a storage: opening an empty database creates Optuna's
-    tables, and two processes that start at once would both create them (all but one then fail:
-    "table ... already exists" on SQLite, a duplicate key in ``pg_type`` on PostgreSQL).
+def _schema_lock(spec: StorageSpec, *, connection: Any = None) -> Iterator[None]:
+    """Hold a lock while Optuna opens a storage, and while a storage is inspected: opening an
+    empty database creates Optuna's tables, and two processes that start at once would both
+    create them (all but one then fail: "table ... already exists" on SQLite, a duplicate key in
+    ``pg_type`` on PostgreSQL), or one would see the other's tables half made.
 
     SQLite: ``flock`` on the database's folder (a lock file would be left behind); PostgreSQL:
-    an advisory lock, one per database.
+    an advisory lock, one per database, on ``connection`` when given. Neither writes anything.
     """
     if spec.kind == "sqlite":
         assert spec.path is not None
@@ -367,21 +371,32 @@ def _schema_lock(spec: StorageSpec) -> Iterator[None]:
         return
     import sqlalchemy
 
+    if connection is not None:
+        with _advisory_lock(connection):
+            yield
+        return
     engine = sqlalchemy.create_engine(
         spec.url, connect_args={"connect_timeout": 10}, poolclass=sqlalchemy.pool.NullPool
     )
     try:
-        with engine.connect() as connection:
-            # Autocommit: the lock belongs to the session, not to a transaction left open.
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            key = {"k": _lock_key("budget-nas: Optuna's tables")}
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), key)
-            try:
-                yield
-            finally:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), key)
+        with engine.connect() as connection, _advisory_lock(connection):
+            yield
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def _advisory_lock(connection: Any) -> Iterator[None]:
+    import sqlalchemy
+
+    # Autocommit: the lock belongs to the session, not to a transaction left open.
+    connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+    key = {"k": _lock_key("budget-nas: Optuna's tables")}
+    connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), key)
+    try:
+        yield
+    finally:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), key)
 
 
 def _lock_key(name: str) -> int:

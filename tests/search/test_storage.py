@@ -292,7 +292,11 @@ def test_a_named_pipe_as_storage_is_refused_without_opening_it(tmp_path: Path) -
 def _create(path: str, barrier, results) -> None:
     try:
         barrier.wait(timeout=30)
-        storage = open_storage(parse_storage(f"sqlite:///{path}"), heartbeat=30, grace=120)
+        spec = parse_storage(f"sqlite:///{path}")
+        for _ in range(3):  # as search.run does: a look first, which must not see half a schema
+            check_storage_location(spec)
+        storage = open_storage(spec, heartbeat=30, grace=120)
+        check_storage_location(spec)
         optuna.create_study(storage=storage, study_name="s", load_if_exists=True)
         results.put("ok")
     except BaseException as exc:  # reported to the test
