@@ -340,8 +340,9 @@ def decode(
 
 
 def save_cache(decoded: Decoded) -> None:
-    """Write the cache of freshly decoded data (nothing for data read from the cache)."""
-    if decoded.cache is None:
+    """Write the cache of freshly decoded data (nothing for data read from the cache, or
+    cached already: the name holds the content's key)."""
+    if decoded.cache is None or decoded.cache.is_file():
         return
     payload = {
         "format": CACHE_FORMAT,

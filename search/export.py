@@ -8,7 +8,7 @@ Both take a float batch (N, C, H, W) normalised as the model was trained (``Mode
 onnxruntime on random input and must agree with PyTorch within ``TOLERANCE``; the ONNX export
 needs the ``export`` extra (``pip install -e '.[export]'``: onnx, onnxruntime, onnxscript).
 An export that fails its check is removed. Exit 0 when every export passed its check, 1 when a
-check failed, 2 on bad input.
+check failed or the disk is full, 2 on bad input.
 """
 
 from __future__ import annotations

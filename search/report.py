@@ -19,7 +19,8 @@ printed. Unless told otherwise, each study also gets its Pareto figure and a not
 optuna-dashboard, and its trained trials their learning-curve and torchinfo artifacts (only the
 missing ones: running the report again replaces and adds, never duplicates).
 
-Exit 0 on success, 2 on bad input (one line on stderr, nothing created).
+Exit 0 on success, 1 when the disk is full (one line), 2 on bad input (one line on stderr,
+nothing created).
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ per retrained model. ``<out>`` defaults to ``results/<study>``. Test accuracies 
 the study (the ``retrained`` study attribute, keyed by trial number: Optuna keeps finished trials
 read-only) and as a note on each trial in optuna-dashboard. A killed retrain resumes from its last
 finished epoch; a finished one is not trained again unless ``--force``.
-Exit 0 on success, 1 when a training diverged, 2 on bad input, 130 when interrupted.
+Exit 0 on success, 1 when a training diverged or the disk is full, 2 on bad input, 130 when
+interrupted.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@
 
 Runs (or resumes) one Optuna study in ``--storage`` (default ``sqlite:///results/<study>.db``).
 Running the same command again continues the same study: finished trials stay, numbering goes
-on, and ``--trials`` is the study's total. Exit 0 when done, 1 when trials kept failing, 2 on bad
-input (one line on stderr, nothing created), 130 when interrupted (the running trial is marked
+on, and ``--trials`` is the study's total. Exit 0 when done, 1 when trials kept failing or the
+disk is full (one line; finished trials kept), 2 on bad input (one line on stderr, nothing
+created), 130 when interrupted (the running trial is marked
 failed; run the command again to continue).
 """
 

@@ -98,11 +98,13 @@ def _check_url(spec: StorageSpec) -> None:
     try:
         port = sqlalchemy.engine.make_url(spec.url).port
     except (ValueError, sqlalchemy.exc.ArgumentError) as exc:
-        port_text = spec.url.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
+        # Not the library's message: it repeats the URL, password and all.
+        host = spec.url.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
+        port = host.rpartition("]:")[2] if host.startswith("[") else host.partition(":")[2]
         detail = (
-            f"the port {port_text.rpartition(':')[2]!r} is not a number"
-            if ":" in port_text
-            else str(exc).splitlines()[0]
+            f"the port {port!r} is not a number"
+            if port and isinstance(exc, ValueError)
+            else "it cannot be parsed"
         )
         raise UserError(
             f"--storage {spec.display!r}: a malformed URL ({detail}); expected "

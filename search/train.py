@@ -6,7 +6,8 @@ Trains on the training split (the validation split carved off), evaluates on val
 every epoch, and ends with validation and test accuracy, with and without test-time
 augmentation. Everything lands in ``results/train/<architecture>/`` (see
 ``search.experiment``); a killed run resumes when the same command runs again.
-Exit 0 on success, 1 when training diverged, 2 on bad input, 130 when interrupted.
+Exit 0 on success, 1 when training diverged or the disk is full, 2 on bad input, 130 when
+interrupted.
 """
 
 from __future__ import annotations
