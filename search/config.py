@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
+from space._io import check_path
 from space._toml import load_toml
 from space.errors import UserError
 
@@ -30,7 +31,9 @@ class DataConfig:
     """Which images, and how they are split."""
 
     source: str = "cifar10"  # cifar10, cifar100, an image-folder tree or a .tar/.tar.gz of one
-    val_size: int = 5000  # validation images carved from train (class-balanced, seeded)
+    # Validation images carved from train (class-balanced, seeded); None follows the data: 10%
+    # of the training images, at most 5,000 (CIFAR-10: 5,000), at least one per class.
+    val_size: int | None = None
     subset: int | None = None  # keep the first N training images per class (quick CPU runs)
     image_size: int | None = None  # resize every image to this square side; None keeps sizes
     split_seed: int = 0  # seed of the validation split (kept apart from the training seed)
@@ -103,6 +106,7 @@ def load_sections(path: Path, sections: Mapping[str, type]) -> dict[str, dict[st
 
     Returns the raw key-values per table name, validated; tables left out are empty.
     """
+    check_path(Path(path), what=f"--config {str(path)[:80]!r}")
     raw = load_toml(path)
     out: dict[str, dict[str, Any]] = {name: {} for name in sections}
     for name, table in raw.items():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import socket
 import sys
 import warnings
@@ -27,6 +28,7 @@ import optuna
 from search.artifacts import FolderArtifactStore, find_artifact_dir
 from search.storage import open_existing_storage
 from space._cli import ArgumentParser
+from space._io import check_path
 from space.errors import UserError
 
 
@@ -102,6 +104,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
+        if args.artifact_dir is not None:
+            check_path(args.artifact_dir, what="--artifact-dir")
+            if os.path.exists(args.artifact_dir) and not os.path.isdir(args.artifact_dir):
+                raise UserError(
+                    f"--artifact-dir {args.artifact_dir}: not a folder (expected the folder of a "
+                    "study's artifacts, results/<study>/artifacts)"
+                )
+        if args.results is not None:
+            check_path(args.results, what="--results")
+            if os.path.exists(args.results) and not os.path.isdir(args.results):
+                raise UserError(f"--results {args.results}: not a folder")
         url = args.storage or find_storage(args.results or Path("results"))
         spec, storage = open_existing_storage(url)
 

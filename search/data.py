@@ -19,26 +19,37 @@ Every problem with the data is a ``UserError`` naming the file or folder and wha
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import os
 import re
+import shutil
+import stat
 import tarfile
+import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from space._io import write_atomic
+from space._io import check_path, remove_stale_temporaries, write_atomic
 from space.errors import UserError
+
+if TYPE_CHECKING:
+    from search.config import DataConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CACHE_FORMAT = 1  # bump when the cached file's layout changes
+# The default validation split: this share of the training images, at most this many.
+VAL_SHARE = 0.1
+MAX_DEFAULT_VAL = 5000
 _TORCHVISION = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}
 _TORCHVISION_FOLDERS = {"cifar-10-batches-py": "cifar10", "cifar-100-python": "cifar100"}
 
@@ -95,20 +106,32 @@ class Dataset:
 
 
 @dataclass(frozen=True)
-class _Decoded:
-    """What the cache holds: the full train and test splits as published."""
+class Decoded:
+    """A source decoded: the train and test splits as published, before any validation split.
 
+    ``cache`` is where the decoded tensors are still to be cached (``save_cache``), once the run
+    that decoded them is known to go ahead; None when they came from the cache, or need none.
+    """
+
+    name: str  # "cifar10", or the folder/tarball name
+    source: str  # what the user passed, resolved (a path or a dataset id)
     classes: tuple[str, ...]
     train: ImageSet
     test: ImageSet
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    cache: Path | None = None
+
+    def class_counts(self) -> list[int]:
+        """Training images per class, in class order."""
+        counts = torch.bincount(self.train.labels.cpu(), minlength=len(self.classes))
+        return counts.tolist()
 
 
 def load_dataset(
     source: str | Path,
     *,
-    val_size: int = 5000,
+    val_size: int | None = None,
     subset: int | None = None,
     seed: int = 0,
     image_size: int | None = None,
@@ -117,32 +140,45 @@ def load_dataset(
 ) -> Dataset:
     """Load ``source``, carve ``val_size`` validation images from train, keep ``subset`` per class.
 
-    ``val_size`` images are split off the training set, class-balanced (the remainder spread
-    over the first classes) and drawn with ``seed``, so the split is the same on every run.
-    ``subset`` keeps the first N remaining training images of every class, for quick CPU runs.
-    ``image_size`` resizes every image to that square side; otherwise sizes are kept.
+    ``decode``, ``split`` and ``save_cache`` in one: the cache is written only once the split
+    worked. A command that can still refuse to run after loading its data calls the three
+    itself, and ``save_cache`` only when it goes ahead.
     """
-    if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0:
+    check_split_arguments(val_size=val_size, subset=subset)
+    decoded = decode(source, image_size=image_size, cache_dir=cache_dir, progress=progress)
+    dataset = split(decoded, val_size=val_size, subset=subset, seed=seed)
+    save_cache(decoded)
+    return dataset
+
+
+def check_split_arguments(*, val_size: int | None, subset: int | None) -> None:
+    """The values themselves, before anything is decoded."""
+    if val_size is not None and (
+        isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0
+    ):
         raise UserError(f"val_size must be an integer >= 0, but got {val_size!r}")
     if subset is not None and (
         isinstance(subset, bool) or not isinstance(subset, int) or subset < 1
     ):
         raise UserError(f"subset must be an integer >= 1 (images per class), but got {subset!r}")
-    if image_size is not None and (
-        isinstance(image_size, bool)
-        or not isinstance(image_size, int)
-        or not 1 <= image_size <= 4096
-    ):
-        raise UserError(f"image_size must be an integer in [1, 4096], but got {image_size!r}")
-    decoded, name, resolved = _decode_cached(
-        str(source), image_size=image_size, cache_dir=cache_dir, progress=progress
-    )
+
+
+def split(
+    decoded: Decoded, *, val_size: int | None = None, subset: int | None = None, seed: int = 0
+) -> Dataset:
+    """The dataset to train on: ``val_size`` validation images split off the training set,
+    class-balanced (the remainder spread over the first classes) and drawn with ``seed``, so the
+    split is the same on every run; None follows the data (``default_val_size``). ``subset``
+    keeps the first N remaining training images of every class, for quick CPU runs."""
+    check_split_arguments(val_size=val_size, subset=subset)
+    if val_size is None:
+        val_size = default_val_size(decoded.class_counts())
     train, val = split_validation(decoded.train, decoded.classes, val_size=val_size, seed=seed)
     if subset is not None:
         train = first_per_class(train, len(decoded.classes), subset)
     return Dataset(
-        name=name,
-        source=resolved,
+        name=decoded.name,
+        source=decoded.source,
         classes=decoded.classes,
         train=train,
         val=val,
@@ -150,6 +186,46 @@ def load_dataset(
         mean=decoded.mean,
         std=decoded.std,
     )
+
+
+def split_as_configured(
+    decoded: Decoded, config: DataConfig, *, recorded_val_size: int | None = None
+) -> tuple[DataConfig, Dataset]:
+    """Split ``decoded`` as ``config`` says; returns the config with the validation size it came
+    to, the number a study or a run folder records: ``config.val_size`` when given, else the
+    size recorded by the run being resumed (``recorded_val_size``), else the default that
+    follows the data. A recorded size that no longer fits the data gives way to the default (the
+    resume is then refused for its other data, with that difference named)."""
+    val_size = config.val_size
+    if val_size is None and recorded_val_size is not None:
+        with contextlib.suppress(UserError):
+            dataset = split(
+                decoded, val_size=recorded_val_size, subset=config.subset, seed=config.split_seed
+            )
+            return dataclasses.replace(config, val_size=recorded_val_size), dataset
+    dataset = split(decoded, val_size=val_size, subset=config.subset, seed=config.split_seed)
+    resolved = len(dataset.val) if dataset.val is not None else 0
+    return dataclasses.replace(config, val_size=resolved), dataset
+
+
+def default_val_size(counts: Sequence[int]) -> int:
+    """The validation size that follows the data: ``VAL_SHARE`` of the training images, at most
+    ``MAX_DEFAULT_VAL``, at least one image per class, and never so many that a class is left
+    without a training image (0 when a class has a single image)."""
+    wanted = max(len(counts), min(MAX_DEFAULT_VAL, round(sum(counts) * VAL_SHARE)))
+    return min(wanted, largest_val_size(counts))
+
+
+def largest_val_size(counts: Sequence[int]) -> int:
+    """The most validation images a balanced split can take and leave every class a training
+    image. A split of v takes v // K images of each of K classes and one more of each of the
+    first v % K classes, so v = K (m - 1) + r works, with m the smallest class, for r up to the
+    number of leading classes that hold more than m."""
+    smallest = min(counts)
+    spare = 0
+    while spare < len(counts) and counts[spare] > smallest:
+        spare += 1
+    return len(counts) * (smallest - 1) + spare
 
 
 def split_validation(
@@ -162,17 +238,22 @@ def split_validation(
     if val_size == 0:
         return train, None
     num_classes = len(classes)
+    labels = train.labels.cpu()
+    counts = torch.bincount(labels, minlength=num_classes).tolist()
+    for c in range(num_classes):
+        wanted = val_size // num_classes + (1 if c < val_size % num_classes else 0)
+        if wanted >= counts[c]:
+            largest = largest_val_size(counts)
+            raise UserError(
+                f"--val-size {val_size} takes {wanted} images of class {classes[c]!r}, which has "
+                f"only {counts[c]}: at least one must be left to train on; at most {largest} "
+                "works with this data (or leave --val-size out: the default follows the data)"
+            )
     generator = torch.Generator().manual_seed(seed)
     is_val = torch.zeros(len(train), dtype=torch.bool)
-    labels = train.labels.cpu()
     for c in range(num_classes):
         members = torch.nonzero(labels == c).flatten()
         wanted = val_size // num_classes + (1 if c < val_size % num_classes else 0)
-        if wanted >= len(members):
-            raise UserError(
-                f"val_size {val_size} takes {wanted} images of class {classes[c]!r}, which has "
-                f"only {len(members)}: at least one must be left to train on"
-            )
         chosen = members[torch.randperm(len(members), generator=generator)[:wanted]]
         is_val[chosen] = True
     return train.take(torch.nonzero(~is_val).flatten()), train.take(torch.nonzero(is_val).flatten())
@@ -196,51 +277,110 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "budget-nas"
 
 
-def _decode_cached(
-    source: str, *, image_size: int | None, cache_dir: Path | None, progress: bool
-) -> tuple[_Decoded, str, str]:
-    """(decoded splits, dataset name, resolved source), from the cache when it is current."""
+def decode(
+    source: str | Path,
+    *,
+    image_size: int | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+) -> Decoded:
+    """The decoded splits of ``source``, from the cache when it is current; nothing is written
+    (see ``save_cache``). ``image_size`` resizes every image to that square side."""
+    if image_size is not None and (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, int)
+        or not 1 <= image_size <= 4096
+    ):
+        raise UserError(f"image_size must be an integer in [1, 4096], but got {image_size!r}")
+    source = str(source)
     if source.lower() in _TORCHVISION:
         name = source.lower()
         root = (cache_dir or default_cache_dir()) / "torchvision"
         decoded = _decode_torchvision(name, root, download=True)
         if image_size is not None:
             decoded = _resized(decoded, image_size)
-        return decoded, name, name
+        return dataclasses.replace(decoded, name=name, source=name)
+    check_path(Path(source).expanduser(), what=f"data {source[:80]!r}")
     path = Path(source).expanduser()
-    if not path.exists():
+    if not os.path.lexists(path):
         raise UserError(
             f"data {source!r}: no such file or folder (expected cifar10, cifar100, a folder "
             "ROOT/{train,test}/<class>/*.png|jpg, or a .tar/.tar.gz of one)"
         )
+    mode = _mode(path, what="data")
     path = path.resolve()
-    if path.is_dir():
+    if stat.S_ISDIR(mode):
         for folder, name in _TORCHVISION_FOLDERS.items():
             if (path / folder).is_dir():
                 decoded = _decode_torchvision(name, path, download=False)
                 if image_size is not None:
                     decoded = _resized(decoded, image_size)
-                return decoded, name, str(path)
+                return dataclasses.replace(decoded, name=name, source=str(path))
         key = _folder_key(path)
         name = path.name
-    elif _is_tarball(path):
+    elif _is_tarball(path) and stat.S_ISREG(mode):
         key = _file_key(path)
         name = path.name.split(".")[0]
     else:
+        kind = "a file" if stat.S_ISREG(mode) else _file_type(mode)
         raise UserError(
-            f"data {path}: not a folder or a .tar/.tar.gz/.tgz file (expected an image-folder "
-            "tree ROOT/{train,test}/<class>/*.png|jpg or a tarball of one)"
+            f"data {path}: {kind}, not a folder or a .tar/.tar.gz/.tgz file (expected an "
+            "image-folder tree ROOT/{train,test}/<class>/*.png|jpg or a tarball of one)"
         )
     key = hashlib.sha256(f"{key}|{image_size}|{CACHE_FORMAT}".encode()).hexdigest()[:16]
     cache = _cache_path(path, name, key, cache_dir)
-    if cache.exists():
-        decoded = _read_cache(cache)
-        if decoded is not None:
-            return decoded, name, str(path)
+    remove_stale_temporaries(cache.parent)  # of a writer killed while it wrote a cache
+    if cache.is_file():
+        cached = _read_cache(cache)
+        if cached is not None:
+            return dataclasses.replace(cached, name=name, source=str(path))
     files = _list_folder(path) if path.is_dir() else _list_tarball(path)
     decoded = _decode_files(files, image_size=image_size, progress=progress, where=path)
-    _write_cache(cache, decoded)
-    return decoded, name, str(path)
+    return dataclasses.replace(decoded, name=name, source=str(path), cache=cache)
+
+
+def save_cache(decoded: Decoded) -> None:
+    """Write the cache of freshly decoded data (nothing for data read from the cache, or
+    cached already: the name holds the content's key)."""
+    if decoded.cache is None or decoded.cache.is_file():
+        return
+    payload = {
+        "format": CACHE_FORMAT,
+        "classes": list(decoded.classes),
+        "train_images": decoded.train.images,
+        "train_labels": decoded.train.labels,
+        "test_images": decoded.test.images,
+        "test_labels": decoded.test.labels,
+        "mean": list(decoded.mean),
+        "std": list(decoded.std),
+    }
+    # No cache this time on a read-only or full disk, say; the next run decodes again.
+    with contextlib.suppress(OSError):
+        write_atomic(decoded.cache, lambda tmp: torch.save(payload, tmp))
+
+
+def _mode(path: Path, *, what: str) -> int:
+    """The file type and permissions of ``path`` (a link followed), or a UserError naming it."""
+    try:
+        return os.stat(path).st_mode
+    except FileNotFoundError:
+        target = os.readlink(path) if os.path.islink(path) else "?"
+        raise UserError(f"{what} {path}: a link to {target}, which does not exist") from None
+    except OSError as exc:
+        raise UserError(f"{what} {path}: cannot read it ({exc.strerror})") from None
+
+
+def _file_type(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def _cache_path(data: Path, name: str, key: str, cache_dir: Path | None) -> Path:
@@ -254,12 +394,14 @@ def _cache_path(data: Path, name: str, key: str, cache_dir: Path | None) -> Path
     return default_cache_dir() / filename
 
 
-def _read_cache(path: Path) -> _Decoded | None:
+def _read_cache(path: Path) -> Decoded | None:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
         if raw.get("format") != CACHE_FORMAT:
             return None
-        return _Decoded(
+        return Decoded(
+            name="",
+            source="",
             classes=tuple(raw["classes"]),
             train=ImageSet(raw["train_images"], raw["train_labels"]),
             test=ImageSet(raw["test_images"], raw["test_labels"]),
@@ -270,35 +412,20 @@ def _read_cache(path: Path) -> _Decoded | None:
         return None
 
 
-def _write_cache(path: Path, d: _Decoded) -> None:
-    payload = {
-        "format": CACHE_FORMAT,
-        "classes": list(d.classes),
-        "train_images": d.train.images,
-        "train_labels": d.train.labels,
-        "test_images": d.test.images,
-        "test_labels": d.test.labels,
-        "mean": list(d.mean),
-        "std": list(d.std),
-    }
-    # No cache this time on a read-only disk, say; the next run decodes again.
-    with contextlib.suppress(OSError):
-        write_atomic(path, lambda tmp: torch.save(payload, tmp))
-
-
 def _folder_key(root: Path) -> str:
     """Content key of a folder: every image's relative path, size and modification time."""
     h = hashlib.sha256()
-    for split in ("train", "test"):
-        base = root / split
+    for split_name in ("train", "test"):
+        base = root / split_name
         if not base.is_dir():
             continue
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames.sort()
             for f in sorted(filenames):
                 if f.lower().endswith(IMAGE_SUFFIXES):
-                    st = os.stat(os.path.join(dirpath, f))
-                    rel = os.path.relpath(os.path.join(dirpath, f), root)
+                    path = Path(dirpath) / f
+                    st = os.stat(path) if os.path.exists(path) else os.lstat(path)
+                    rel = os.path.relpath(path, root)
                     h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
@@ -325,13 +452,35 @@ def _list_folder(root: Path) -> list[_File]:
     for split in ("train", "test"):
         for c in classes:
             folder = root / split / c
-            images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            images = _image_files(folder)
             if not images:
                 raise UserError(
                     f"{folder}: class folder has no images (expected *.png, *.jpg or *.jpeg)"
                 )
-            files += [(split, c, str(p), p.read_bytes()) for p in images]
+            files += [(split, c, str(p), _read(p)) for p in images]
     return files
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The entries of a class folder named like images, each checked to be a regular file (or
+    a link to one) before anything opens it: reading a named pipe would wait for ever."""
+    found = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        mode = _mode(path, what="image")
+        if not stat.S_ISREG(mode):
+            raise UserError(
+                f"{path}: {_file_type(mode)} named like an image; expected a PNG or JPEG file "
+                "(move it out of the class folder)"
+            )
+        found.append(path)
+    return found
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the image ({exc.strerror})") from None
 
 
 def _subdirs(path: Path) -> list[str] | None:
@@ -421,6 +570,8 @@ def _decode_one(item: _File, image_size: int | None) -> np.ndarray:
             if image_size is not None and img.size != (image_size, image_size):
                 img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{where}: cannot decode the image ({too_large()})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         # PIL names the in-memory buffer ("<_io.BytesIO object at 0x...>"), not the file.
         reason = "an empty file" if not data else re.sub(r" ?<_io\.BytesIO[^>]*>", "", str(exc))
@@ -429,15 +580,29 @@ def _decode_one(item: _File, image_size: int | None) -> np.ndarray:
         ) from None
 
 
+def too_large() -> str:
+    """Why an image past PIL's decompression-bomb guard is refused."""
+    return (
+        "more pixels than the decoder's guard against decompression bombs allows, "
+        f"{Image.MAX_IMAGE_PIXELS:,}; expected an image of a usual size"
+    )
+
+
 def _decode_files(
     files: list[_File], *, image_size: int | None, progress: bool, where: Path
-) -> _Decoded:
+) -> Decoded:
     from tqdm import tqdm
 
     classes = sorted({c for _, c, _, _ in files})
     index = {c: i for i, c in enumerate(classes)}
-    # PIL releases the GIL while decoding, so threads use every core.
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    # PIL releases the GIL while decoding, so threads use every core. An image past PIL's
+    # decompression-bomb guard is an error, not a warning followed by gigabytes of pixels (the
+    # filter is process-wide, so the threads see it too).
+    with (
+        warnings.catch_warnings(),
+        ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool,
+    ):
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
         arrays = list(
             tqdm(
                 pool.map(lambda f: _decode_one(f, image_size), files, chunksize=256),
@@ -461,8 +626,13 @@ def _decode_files(
         images = torch.from_numpy(np.stack([arrays[i] for i in chosen])).permute(0, 3, 1, 2)
         labels = torch.tensor([index[files[i][1]] for i in chosen], dtype=torch.int64)
         splits[split] = ImageSet(images.contiguous(), labels)
-    mean, std = _channel_stats(splits["train"].images)
-    return _Decoded(tuple(classes), splits["train"], splits["test"], mean, std)
+    return _decoded(tuple(classes), splits["train"], splits["test"])
+
+
+def _decoded(classes: tuple[str, ...], train: ImageSet, test: ImageSet) -> Decoded:
+    """Decoded splits with the training images' statistics; the caller names the source."""
+    mean, std = _channel_stats(train.images)
+    return Decoded(name="", source="", classes=classes, train=train, test=test, mean=mean, std=std)
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -480,17 +650,19 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-def _decode_torchvision(name: str, root: Path, *, download: bool) -> _Decoded:
+def _decode_torchvision(name: str, root: Path, *, download: bool) -> Decoded:
     import torchvision
 
     cls = getattr(torchvision.datasets, _TORCHVISION[name])
     label = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[name]
+    created = _missing_folders(root)  # what a failed download must not leave behind
     try:
         sets = {
             split: cls(str(root), train=split == "train", download=download)
             for split in ("train", "test")
         }
     except (OSError, RuntimeError) as exc:  # URLError is an OSError
+        _remove_empty(created)
         reason = getattr(exc, "reason", exc)
         raise UserError(
             f"cannot get {label} into {root} ({reason}); offline? point --data at a local copy: "
@@ -504,20 +676,37 @@ def _decode_torchvision(name: str, root: Path, *, download: bool) -> _Decoded:
         )
         for split, ds in sets.items()
     }
-    mean, std = _channel_stats(splits["train"].images)
-    return _Decoded(tuple(sets["train"].classes), splits["train"], splits["test"], mean, std)
+    return _decoded(tuple(sets["train"].classes), splits["train"], splits["test"])
 
 
-def _resized(d: _Decoded, size: int) -> _Decoded:
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its parents that do not exist yet, deepest first."""
+    missing = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed download created, deepest first, where nothing is left in
+    them but what the download itself put there (a partial archive)."""
+    for folder in folders:
+        if folder.is_dir() and folder == folders[0]:
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _resized(d: Decoded, size: int) -> Decoded:
     def resize(s: ImageSet) -> ImageSet:
         x = torch.nn.functional.interpolate(
             s.images.float(), size=(size, size), mode="bilinear", antialias=True
         )
         return ImageSet(x.round().clamp(0, 255).to(torch.uint8), s.labels)
 
-    train = resize(d.train)
-    mean, std = _channel_stats(train.images)
-    return _Decoded(d.classes, train, resize(d.test), mean, std)
+    return _decoded(d.classes, resize(d.train), resize(d.test))
 
 
 def batches(

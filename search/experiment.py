@@ -36,7 +36,7 @@ from search.config import DataConfig, first_difference
 from search.data import Dataset
 from search.training import EpochStats, History, TrainConfig, evaluate, fit
 from space import Genotype, build, count
-from space._io import write_json_atomic, write_text_atomic
+from space._io import remove_stale_temporaries, write_json_atomic, write_text_atomic
 from space.errors import UserError
 
 
@@ -78,12 +78,12 @@ RUN_FILES = frozenset(
 )
 
 
-def _discard_run(out: Path, fresh_flag: str) -> None:
-    """Delete a run folder for ``fresh``; refuse a folder that holds anything else, so that a
-    mistyped ``--out`` cannot delete a user's files."""
+def _check_discardable(out: Path, fresh_flag: str) -> None:
+    """A folder that ``fresh`` may delete: a run folder, nothing else, so that a mistyped
+    ``--out`` cannot delete a user's files."""
     if not out.is_dir():
         raise UserError(f"{out} is a file, not a run folder")
-    # A temporary file of an interrupted atomic write is ".<name>.<random>.tmp".
+    # A temporary file of an interrupted atomic write is ".<name>.<writer>.<random>.tmp".
     foreign = sorted(
         p.name
         for p in out.iterdir()
@@ -95,7 +95,46 @@ def _discard_run(out: Path, fresh_flag: str) -> None:
             f"{out} holds files that are not a training run's ({shown}); {fresh_flag} deletes "
             "only a run folder: choose another output folder"
         )
-    shutil.rmtree(out)
+
+
+def check_run_folder(
+    experiment: Experiment, out: Path, *, fresh: bool = False, fresh_flag: str = "--fresh"
+) -> None:
+    """Refuse, changing nothing, what ``run_experiment`` would refuse: a folder of a run with
+    other settings, a training state without its config, a ``fresh`` start over a folder that
+    is not a run's. A command calls it before it decodes data or writes anything."""
+    if fresh:
+        if out.exists():
+            _check_discardable(out, fresh_flag)
+        return
+    config_path = out / "config.json"
+    if config_path.exists():
+        recorded = _read_json(config_path, fresh_flag).get("settings")
+        if isinstance(recorded, dict) and isinstance(recorded.get("train"), dict):
+            # Training settings added since the run was recorded ran at their defaults.
+            recorded = {**recorded, "train": TrainConfig.with_new_defaults(recorded["train"])}
+        settings = experiment.settings()
+        if recorded != settings:
+            key, there, now = first_difference(recorded, settings)
+            raise UserError(
+                f"{out} holds a run with other settings ({key}: {there!r} there, {now!r} now); "
+                f"pass {fresh_flag} to start it over, or choose another output folder"
+            )
+    elif (out / "state.pt").exists():
+        raise UserError(
+            f"{out} holds a training state (state.pt) without the config.json that explains it; "
+            f"pass {fresh_flag} to start over, or choose another output folder"
+        )
+
+
+def recorded_settings(out: Path) -> dict[str, Any] | None:
+    """The settings a run folder recorded (``Experiment.settings``), or None when it has none
+    (or an unreadable config.json, which ``check_run_folder`` reports)."""
+    try:
+        recorded = json.loads((out / "config.json").read_text()).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
 
 
 def run_experiment(
@@ -109,30 +148,23 @@ def run_experiment(
     extra: dict[str, Any] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     fresh_flag: str = "--fresh",
+    on_start: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``experiment`` on ``dataset`` into ``out`` (or resume it); return its metrics.
-    ``fresh_flag`` is how the command's user asks for ``fresh``, for the messages."""
+    ``fresh_flag`` is how the command's user asks for ``fresh``, for the messages.
+    ``on_start`` is called once the folder is known to be usable, before anything is written
+    (a command writes its data cache there, say)."""
     settings = experiment.settings()
     config_path, metrics_path = out / "config.json", out / "metrics.json"
+    check_run_folder(experiment, out, fresh=fresh, fresh_flag=fresh_flag)
+    if on_start is not None:
+        on_start()
     if fresh and out.exists():
-        _discard_run(out, fresh_flag)
-    if config_path.exists():
-        recorded = _read_json(config_path, fresh_flag).get("settings")
-        if isinstance(recorded, dict) and isinstance(recorded.get("train"), dict):
-            recorded = {**recorded, "train": TrainConfig.with_new_defaults(recorded["train"])}
-        if recorded != settings:
-            key, there, now = first_difference(recorded, settings)
-            raise UserError(
-                f"{out} holds a run with other settings ({key}: {there!r} there, {now!r} now); "
-                f"pass {fresh_flag} to start it over, or choose another output folder"
-            )
-        if metrics_path.exists():
-            return _read_json(metrics_path, fresh_flag)
-    elif (out / "state.pt").exists():
-        raise UserError(
-            f"{out} holds a training state (state.pt) without the config.json that explains it; "
-            f"pass {fresh_flag} to start over, or choose another output folder"
-        )
+        shutil.rmtree(out)
+    if config_path.exists() and metrics_path.exists():
+        return _read_json(metrics_path, fresh_flag)
+    if out.is_dir():
+        remove_stale_temporaries(out)  # a checkpoint a killed run was writing, say
     g = experiment.genotype
     params, macs = count(
         g,

@@ -8,7 +8,7 @@ Both take a float batch (N, C, H, W) normalised as the model was trained (``Mode
 onnxruntime on random input and must agree with PyTorch within ``TOLERANCE``; the ONNX export
 needs the ``export`` extra (``pip install -e '.[export]'``: onnx, onnxruntime, onnxscript).
 An export that fails its check is removed. Exit 0 when every export passed its check, 1 when a
-check failed, 2 on bad input.
+check failed or the disk is full, 2 on bad input.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 
 from search.checkpoint import load_model
 from space._cli import ArgumentParser
-from space._io import check_writable_folder, write_atomic
+from space._io import check_writable_folder, disk_full_message, write_atomic
 from space.errors import UserError
 
 TOLERANCE = 1e-4  # max |logit difference| between an export and PyTorch on random input
@@ -158,6 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a full disk: one line; anything else is a bug of ours
+        full = disk_full_message(exc, out)
+        if full is None:
+            raise
+        print(f"error: {full}; free some space and run the command again", file=sys.stderr)
+        return 1
     for r in results:
         check = (
             "not checked (no onnxruntime)"

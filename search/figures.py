@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from search.study import is_feasible_complete, is_rejected, learning_curve
+from search.study import is_diverged, is_feasible_complete, is_rejected, learning_curve
 from space import format_count
 from space.errors import UserError
 
@@ -98,6 +98,7 @@ class StudyView:
             "rejected": rejected,
             "failed": sum(t.state == TrialState.FAIL for t in self.trials),
             "running": sum(t.state == TrialState.RUNNING for t in self.trials),
+            "diverged": sum(is_diverged(t) for t in self.trials),  # among the pruned
         }
 
 

@@ -10,6 +10,7 @@ Exit 0 on success, 2 on bad input (a missing or corrupt model or image).
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,22 +21,31 @@ from PIL import Image, UnidentifiedImageError
 from search.augment import Normalization
 from search.checkpoint import ModelInfo, load_model
 from search.config import resolve_device
+from search.data import too_large
 from space._cli import ArgumentParser
+from space._io import check_path
 from space.errors import UserError
 
 
 def read_image(path: Path, info: ModelInfo) -> torch.Tensor:
     """(C, H, W) uint8 at the model's input size and channel count."""
-    if not path.is_file():
+    check_path(path, what="image")
+    if not path.exists():
         raise UserError(f"{path}: no such image")
+    if not path.is_file():  # a named pipe would make the reader wait for ever
+        raise UserError(f"{path}: not a regular file (expected a PNG or JPEG image)")
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB" if info.in_channels == 3 else "L")
-            h, w = info.image_size
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img = img.convert("RGB" if info.in_channels == 3 else "L")
+                h, w = info.image_size
+                if img.size != (w, h):
+                    img = img.resize((w, h), Image.Resampling.BILINEAR)
+                array = np.asarray(img, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{path}: cannot decode the image ({too_large()})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise UserError(f"{path}: cannot decode the image ({exc}); expected PNG or JPEG") from None
     if array.ndim == 2:
         array = array[:, :, None]
@@ -66,6 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"--top-k must be an integer >= 1, but got {args.top_k}")
         device = resolve_device(args.device)
         model, info = load_model(args.model, device=device)
+        if info.in_channels not in (1, 3):
+            raise UserError(
+                f"{args.model}: a model of {info.in_channels}-channel images; predict reads "
+                "colour (3) or grey (1) images"
+            )
         batch = torch.stack([read_image(path, info) for path in args.images])
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -19,7 +19,8 @@ printed. Unless told otherwise, each study also gets its Pareto figure and a not
 optuna-dashboard, and its trained trials their learning-curve and torchinfo artifacts (only the
 missing ones: running the report again replaces and adds, never duplicates).
 
-Exit 0 on success, 2 on bad input (one line on stderr, nothing created).
+Exit 0 on success, 1 when the disk is full (one line), 2 on bad input (one line on stderr,
+nothing created).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from search.storage import StorageSpec, open_existing_storage
 from search.study import is_rejected
 from space import format_count
 from space._cli import ArgumentParser
-from space._io import check_writable_folder, write_text_atomic
+from space._io import check_writable_folder, disk_full_message, write_text_atomic
 from space.errors import UserError
 
 GRAPH_OBJECT_ID = "budget-nas-pareto"  # fixed, so that saving it again replaces it
@@ -157,7 +158,12 @@ def _fraction(value: object, spec: str) -> str:
 # -- the dashboard ---------------------------------------------------------------------------
 
 
-def note_markdown(view: StudyView, *, report_dir: Path | None = None) -> str:
+def note_markdown(
+    view: StudyView,
+    *,
+    report_dir: Path | None = None,
+    written_by: str = "python -m search.report",
+) -> str:
     """A short summary of the run for the study's note in optuna-dashboard. It holds no time, so
     saving it again after no change is recognised and skipped."""
     c = view.counts()
@@ -173,9 +179,12 @@ def note_markdown(view: StudyView, *, report_dir: Path | None = None) -> str:
         ),
         f"- **trials** {c['total']}: {c['complete']} complete, {c['pruned']} pruned, "
         f"{c['rejected']} rejected over budget, {c['failed']} failed"
-        + (f", {c['running']} running" if c["running"] else ""),
+        + (f", {c['running']} running" if c["running"] else "")
+        + (f"; {c['diverged']} of the pruned diverged" if c["diverged"] else ""),
     ]
     ranked = view.ranked()
+    if not ranked:
+        lines.append(f"- **no complete trial within the budget yet**{_why_none(c)}")
     if ranked:
         b = ranked[0]
         test = _fraction((view.test_result(b) or {}).get("test_acc"), ".2%")
@@ -217,8 +226,21 @@ def note_markdown(view: StudyView, *, report_dir: Path | None = None) -> str:
     ]
     if report_dir is not None:
         lines.append(f"All plots and `trials.csv`: `{report_dir}`.")
-    lines.append(f"Written by `python -m search.report` (budget-nas {search.__version__}).")
+    lines.append(f"Written by `{written_by}` (budget-nas {search.__version__}).")
     return "\n".join(lines) + "\n"
+
+
+def _why_none(counts: dict[str, int]) -> str:
+    """Why a study has no result yet, when its trials say so: all diverged, say."""
+    trained = counts["total"] - counts["rejected"] - counts["running"]
+    if counts["diverged"] and counts["diverged"] == trained:
+        return (
+            f": every trained trial diverged ({counts['diverged']}: the training loss became "
+            "nan or inf); a lower learning rate (--lr) or a look at the data may help"
+        )
+    if counts["diverged"]:
+        return f": {counts['diverged']} trial(s) diverged (the training loss became nan or inf)"
+    return ""
 
 
 def publish(study: optuna.Study, figure: go.Figure, note: str) -> None:
@@ -407,6 +429,17 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except Exception as exc:  # a full disk: one line; anything else is a bug of ours
+        full = disk_full_message(exc, "the report folder")
+        if full is None:
+            raise
+        print(f"error: {full}; free some space and run the command again", file=sys.stderr)
+        return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.top < 1:
@@ -424,7 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UserError(
                     f"study {view.name!r} has no complete trial within its budget yet "
                     f"({c['total']} trials: {c['pruned']} pruned, {c['rejected']} rejected, "
-                    f"{c['failed']} failed, {c['running']} running); nothing to report"
+                    f"{c['failed']} failed, {c['running']} running){_why_none(c)}; nothing "
+                    "to report"
                 )
         # <results>/<study>/artifacts -> <results>/<study>/report, or <results>/compare
         out = args.out or (

@@ -17,11 +17,13 @@ per retrained model. ``<out>`` defaults to ``results/<study>``. Test accuracies 
 the study (the ``retrained`` study attribute, keyed by trial number: Optuna keeps finished trials
 read-only) and as a note on each trial in optuna-dashboard. A killed retrain resumes from its last
 finished epoch; a finished one is not trained again unless ``--force``.
-Exit 0 on success, 1 when a training diverged, 2 on bad input, 130 when interrupted.
+Exit 0 on success, 1 when a training diverged or the disk is full, 2 on bad input, 130 when
+interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -39,14 +41,20 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from search.config import DataConfig, configure_torch, load_sections, merge, resolve_device
-from search.data import Dataset, load_dataset
-from search.experiment import Experiment, run_experiment
+from search.data import Dataset, check_split_arguments, decode, save_cache, split
+from search.experiment import Experiment, check_run_folder, run_experiment
 from search.export import TOLERANCE, export_all, onnx_available
 from search.storage import ClaimLock, open_existing_storage
 from search.training import EpochStats, TrainConfig, TrainingDiverged
 from space import Genotype, format_count, parse_budget
 from space._cli import ArgumentParser
-from space._io import check_writable_folder, write_atomic, write_json_atomic
+from space._io import (
+    check_path,
+    check_writable_folder,
+    disk_full_message,
+    write_atomic,
+    write_json_atomic,
+)
 from space.errors import UserError
 
 # The recipe of a final training run, where a preset or a flag does not say otherwise.
@@ -361,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "nothing to retrain: give --study-name (and --storage) for the best trials of a "
                 "study, and/or --arch FILE for an architecture file"
             )
+        for path in args.arch:
+            check_path(path, what=f"--arch {str(path)[:80]!r}")
         references = [Candidate(path.stem, "reference", Genotype.load(path)) for path in args.arch]
         names = [c.name for c in references]
         twice = sorted({n for n in names if names.count(n) > 1})
@@ -441,19 +451,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             Path("results") / (args.study_name or f"references-{Path(data.source).name}")
         )
         check_writable_folder(out)
-        dataset = load_dataset(
-            data.source,
-            val_size=0,
-            subset=data.subset,
-            seed=data.split_seed,
-            image_size=data.image_size,
-            progress=progress,
-        )
+        check_split_arguments(val_size=0, subset=data.subset)
+        check_run_folders(candidates + references, data, train, args.seeds, out, args.force)
+        decoded = decode(data.source, image_size=data.image_size, progress=progress)
+        dataset = split(decoded, val_size=0, subset=data.subset, seed=data.split_seed)
         if classes is not None and list(dataset.classes) != classes:
             raise UserError(
                 f"data {data.source!r} has the classes {list(dataset.classes)}, but the study was "
                 f"searched on {classes}"
             )
+        save_cache(decoded)  # the run goes ahead
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -496,13 +503,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # a full disk: one line; anything else is a bug of ours
+        full = disk_full_message(exc, out)
+        if full is None:
+            raise
+        print(
+            f"error: {full}; finished epochs and models are kept: free some space and run the "
+            "same command again",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         if study is not None and lock is not None:
-            record_in_study(study, lock, summaries)
+            with contextlib.suppress(Exception):  # a full disk: the results are in the files
+                record_in_study(study, lock, summaries)
             lock.close()
     print_table(summaries)
     print(f"\nleaderboard: {out / 'leaderboard.csv'}")
     return 0
+
+
+def check_run_folders(
+    candidates: list[Candidate],
+    data: DataConfig,
+    train: TrainConfig,
+    seeds: int,
+    out: Path,
+    force: bool,
+) -> None:
+    """Refuse before any training (and before the data is cached) a run folder that ``retrain``
+    would refuse midway, hours later: one of a run with other settings, say."""
+    for candidate in candidates:
+        for i in range(seeds):
+            experiment = Experiment(
+                name=candidate.name,
+                genotype=candidate.genotype,
+                data=data,
+                train=dataclasses.replace(train, seed=train.seed + i),
+                eval_each_epoch=False,
+            )
+            folder = out / "retrain" / candidate.name / f"seed-{train.seed + i}"
+            check_run_folder(experiment, folder, fresh=force, fresh_flag="--force")
 
 
 def _same(recorded: dict[str, Any], train: TrainConfig, keys: tuple[str, ...]) -> bool:

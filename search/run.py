@@ -5,8 +5,9 @@
 
 Runs (or resumes) one Optuna study in ``--storage`` (default ``sqlite:///results/<study>.db``).
 Running the same command again continues the same study: finished trials stay, numbering goes
-on, and ``--trials`` is the study's total. Exit 0 when done, 1 when trials kept failing, 2 on bad
-input (one line on stderr, nothing created), 130 when interrupted (the running trial is marked
+on, and ``--trials`` is the study's total. Exit 0 when done, 1 when trials kept failing or the
+disk is full (one line; finished trials kept), 2 on bad input (one line on stderr, nothing
+created), 130 when interrupted (the running trial is marked
 failed; run the command again to continue).
 """
 
@@ -33,15 +34,18 @@ from tqdm import tqdm
 
 from search.artifacts import artifact_dir, upload_trial_artifacts
 from search.config import DataConfig, configure_torch, load_sections, merge, resolve_device
-from search.data import Dataset, load_dataset
+from search.data import Dataset, Decoded, decode, save_cache, split_as_configured
+from search.live import LiveFront
 from search.storage import (
     ClaimLock,
     StorageSpec,
     check_storage_location,
+    inspect_storage,
     open_storage,
     parse_storage,
 )
 from search.study import (
+    MAX_STUDY_NAME,
     STOP,
     Context,
     SearchConfig,
@@ -53,7 +57,9 @@ from search.study import (
     fingerprint,
     hyperband_brackets,
     make_sampler,
+    no_result_line,
     open_study,
+    recorded_settings,
     resolve_space,
     summarize,
     trial_line,
@@ -62,7 +68,7 @@ from search.study import (
 from search.training import TrainConfig
 from space import format_count, parse_budget
 from space._cli import ArgumentParser
-from space._io import check_writable_folder
+from space._io import check_writable_folder, disk_full_message
 from space.errors import UserError
 from space.searchspace import SearchSpace, smallest_network
 
@@ -167,7 +173,7 @@ def resolve(args: argparse.Namespace, presets: Mapping[str, Mapping] | None = No
             f"min_epochs ({search.min_epochs}) must be at most the epochs of a trial "
             f"({train.epochs}): Hyperband prunes between the two"
         )
-    if data.val_size < 1:
+    if data.val_size is not None and data.val_size < 1:
         raise UserError("the search ranks trials on a validation split: val_size must be >= 1")
     budget = search.budget_params
     space_path = resolve_space(search.space)
@@ -181,6 +187,11 @@ def resolve(args: argparse.Namespace, presets: Mapping[str, Mapping] | None = No
         )
     device = resolve_device(search.device)
     name = search.study_name or f"{dataset_label(data.source)}-{budget_label(budget)}"
+    if len(name) > MAX_STUDY_NAME:
+        raise UserError(
+            f"the study name {name[:40]!r}... (from the data's name) is {len(name)} characters "
+            f"long; at most {MAX_STUDY_NAME}: give a shorter --study-name"
+        )
     results = Path(search.results)
     storage_url = search.storage or f"sqlite:///{results / name}.db"
     spec = parse_storage(storage_url)
@@ -195,7 +206,33 @@ def resolve(args: argparse.Namespace, presets: Mapping[str, Mapping] | None = No
     return Plan(search, data, train, budget, space, name, spec.url, device)
 
 
+def split_for_search(
+    decoded: Decoded, config: DataConfig, recorded: dict | None
+) -> tuple[DataConfig, Dataset]:
+    """The validation split the search ranks on, and the data settings with its size resolved:
+    ``--val-size``, else the size the study being resumed recorded, else the default."""
+    recorded_val = ((recorded or {}).get("data") or {}).get("val_size")
+    data, dataset = split_as_configured(decoded, config, recorded_val_size=recorded_val)
+    if dataset.val is None:
+        raise UserError(
+            f"data {decoded.source}: a class has a single training image, and the search needs "
+            "one more of every class to rank trials on (--val-size); add images"
+        )
+    return data, dataset
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except Exception as exc:  # a full disk while the study is opened: one line
+        full = disk_full_message(exc, "the study's storage")
+        if full is None:
+            raise
+        print(f"error: {full}; free some space and run the same command again", file=sys.stderr)
+        return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     # Our own line per trial says how each ended; Optuna's warnings would repeat it with a
@@ -207,26 +244,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         plan = resolve(args)
         configure_torch(plan.device, cudnn_benchmark=plan.search.cudnn_benchmark)
-        dataset = load_dataset(
-            plan.data.source,
-            val_size=plan.data.val_size,
-            subset=plan.data.subset,
-            seed=plan.data.split_seed,
-            image_size=plan.data.image_size,
-            progress=progress,
-        )
+        # Nothing is written (no cache, no database, no record) until the run is known to go
+        # ahead: the data is decoded into memory, an existing storage only read.
+        decoded = decode(plan.data.source, image_size=plan.data.image_size, progress=progress)
         spec = parse_storage(plan.storage_url)
-        storage = open_storage(spec, heartbeat=plan.search.heartbeat, grace=plan.search.grace)
+        storage = None
+        if inspect_storage(spec) == "optuna":  # opening Optuna's own records writes nothing
+            storage = open_storage(spec, heartbeat=plan.search.heartbeat, grace=plan.search.grace)
+        data, dataset = split_for_search(
+            decoded, plan.data, recorded_settings(storage, plan.study_name)
+        )
+        if storage is None:
+            storage = open_storage(spec, heartbeat=plan.search.heartbeat, grace=plan.search.grace)
         settings = SearchSettings(
             budget=plan.budget,
             space=plan.space,
-            data=plan.data,
+            data=data,
             dataset=fingerprint(dataset),
             train=plan.train,
             min_epochs=plan.search.min_epochs,
             reduction_factor=plan.search.reduction_factor,
         )
         study = open_study(storage, plan.study_name, settings, dataset)
+        save_cache(decoded)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -265,9 +305,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     started = time.time()
     before = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
+    # The Pareto figure and note in optuna-dashboard, kept current by the reporting process.
+    front = (
+        None if child else LiveFront(study, journal=spec.path if spec.kind == "journal" else None)
+    )
     try:
         if plan.search.workers > 1 and not child:
-            stopped = _supervise(plan, argv, study, progress=progress, deadline=deadline)
+            stopped = _supervise(
+                plan, argv, study, progress=progress, deadline=deadline, front=front
+            )
         else:
             stopped = _run_worker(
                 plan,
@@ -280,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress=progress,
                 deadline=deadline,
                 quiet=child,
+                front=front,
             )
     except KeyboardInterrupt:
         if not child:
@@ -288,9 +335,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "again to continue",
                 file=sys.stderr,
             )
+            front.finish()  # type: ignore[union-attr]
             _print_summary(plan, study, before, started)
         return 130
+    except Exception as exc:  # a full disk: one line, and every finished trial is kept
+        full = disk_full_message(exc, spec.path or Path(plan.search.results))
+        if full is None:
+            raise
+        print(
+            f"error: {full}; every finished trial is kept: free some space and run the same "
+            "command again",
+            file=sys.stderr,
+        )
+        return 1
     if not child:
+        front.finish()  # type: ignore[union-attr]
         _print_summary(plan, study, before, started)
         if stopped not in ("done", "timeout"):
             print(f"stopped early: {stopped}", file=sys.stderr)
@@ -309,6 +368,7 @@ def _run_worker(
     progress: bool,
     deadline: float | None,
     quiet: bool,
+    front: LiveFront | None = None,
 ) -> str:
     """Run trials in this process; returns why it stopped."""
     study.sampler = make_sampler(
@@ -358,6 +418,8 @@ def _run_worker(
         line = trial_line(t, plan.budget)
         (tqdm.write if progress else print)(line)
         _update_bar(bar, plan, study)
+        if front is not None:
+            front.trial_finished()
 
     try:
         report = work(
@@ -400,7 +462,13 @@ def _update_bar(bar: tqdm, plan: Plan, study: optuna.Study) -> None:
 
 
 def _supervise(
-    plan: Plan, argv: list[str], study: optuna.Study, *, progress: bool, deadline: float | None
+    plan: Plan,
+    argv: list[str],
+    study: optuna.Study,
+    *,
+    progress: bool,
+    deadline: float | None,
+    front: LiveFront | None = None,
 ) -> str:
     """Start ``workers`` child processes on the study, show their progress, wait for them."""
     gpus = _visible_gpus() if plan.device.type == "cuda" else []
@@ -434,6 +502,8 @@ def _supervise(
                 if t.number not in seen:
                     seen.add(t.number)
                     (tqdm.write if progress else print)(trial_line(t, plan.budget))
+                    if front is not None:
+                        front.trial_finished()
             _update_bar(bar, plan, study)
             if not running:
                 break
@@ -538,6 +608,8 @@ def _print_summary(plan: Plan, study: optuna.Study, before: set[int], started: f
             f"{len(this_run) / hours:.0f} trials/hour"
             + (f"; {overhead:.1%} of trial time outside training" if overhead is not None else "")
         )
+    if not s.best:
+        print(no_result_line(s))
     if s.best:
         print("\ntop trials (validation accuracy, feasible):")
         print(f"  {'trial':>5}  {'val acc':>7}  {'params':>7}  {'budget':>6}  {'min':>5}  genotype")

@@ -42,6 +42,7 @@ from search.data import Dataset
 from search.storage import ClaimLock
 from search.training import EpochStats, TrainConfig, TrainingDiverged, fit
 from space import BudgetCheck, build, count, format_count, parse_budget
+from space._io import check_path
 from space.errors import UserError
 from space.searchspace import SearchSpace, sample
 
@@ -50,6 +51,9 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # runs: ``study.optimize`` takes a waiting trial before it draws a new one.
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 MAX_CONSECUTIVE_FAILURES = 3  # a worker whose trials keep failing stops instead of looping
+# A study name becomes file names (<name>.db, <name>.journal.torn-<time>) and a folder; this
+# leaves room below the usual 255-byte limit of a name.
+MAX_STUDY_NAME = 120
 
 # Set by the entry point's Ctrl-C handler, which raises nothing itself: an exception raised
 # asynchronously can land inside a database write (leaving SQLite locked for every later write)
@@ -117,6 +121,11 @@ class SearchConfig:
                 "study_name must be letters, digits, '.', '_' or '-' (it names files), "
                 f"but got {self.study_name!r}"
             )
+        if self.study_name is not None and len(self.study_name) > MAX_STUDY_NAME:
+            raise SearchConfigError(
+                f"study_name must be at most {MAX_STUDY_NAME} characters (it names files and "
+                f"folders), but got {len(self.study_name)}: {self.study_name[:40]!r}..."
+            )
 
     @property
     def budget_params(self) -> int:
@@ -145,6 +154,7 @@ def dataset_label(source: str) -> str:
 
 def resolve_space(name: str) -> Path:
     """A preset name (``default``) in configs/space/, or a path to a TOML file."""
+    check_path(Path(name), what=f"--space {name[:80]!r}")
     path = Path(name)
     if path.suffix != ".toml":
         candidate = CONFIGS / "space" / f"{name}.toml"
@@ -223,6 +233,17 @@ def describe_dataset(dataset: Dataset) -> dict[str, Any]:
     }
 
 
+def recorded_settings(
+    storage: optuna.storages.BaseStorage | None, name: str
+) -> dict[str, Any] | None:
+    """The settings study ``name`` recorded (``SearchSettings.record``), read without writing;
+    None when there is no such storage or study yet."""
+    if storage is None or name not in optuna.study.get_all_study_names(storage):
+        return None
+    study_id = storage.get_study_id_from_name(name)
+    return storage.get_study_user_attrs(study_id).get("settings")
+
+
 def open_study(
     storage: optuna.storages.BaseStorage,
     name: str,
@@ -231,20 +252,28 @@ def open_study(
     *,
     sampler: optuna.samplers.BaseSampler | None = None,
 ) -> optuna.Study:
-    """Create the study, or load it and check it was made with the same settings."""
+    """Create the study, or load it and check it was made with the same settings.
+
+    An existing study is loaded, not created again: Optuna's ``create_study(load_if_exists)``
+    writes a record into a journal even when the study exists, and a refused resume must leave
+    the storage as it was.
+    """
     pruner = optuna.pruners.HyperbandPruner(
         min_resource=settings.min_epochs,
         max_resource=settings.train.epochs,
         reduction_factor=settings.reduction_factor,
     )
-    study = optuna.create_study(
-        storage=storage,
-        study_name=name,
-        direction="maximize",
-        sampler=sampler,
-        pruner=pruner,
-        load_if_exists=True,
-    )
+    if name in optuna.study.get_all_study_names(storage):
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    else:  # two processes may get here at once: the second loads what the first created
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            direction="maximize",
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,
+        )
     recorded = _with_new_defaults(study.user_attrs.get("settings"))
     wanted = settings.record()
     if recorded is None:
@@ -453,6 +482,11 @@ def learning_curve(t: FrozenTrial) -> list[tuple[int, float]]:
 def is_rejected(t: FrozenTrial) -> bool:
     """Over budget: pruned before any training."""
     return str(t.user_attrs.get("status", "")).startswith("rejected")
+
+
+def is_diverged(t: FrozenTrial) -> bool:
+    """Pruned because its training loss became nan or inf."""
+    return str(t.user_attrs.get("status", "")).startswith("pruned: diverged")
 
 
 def is_feasible_complete(t: FrozenTrial, budget: int) -> bool:
@@ -703,6 +737,7 @@ class Summary:
     half_budget_share: float  # share of drawn candidates within the budget and over half of it
     rejected_share: float
     best: list[FrozenTrial]  # feasible complete trials, best first
+    diverged: int = 0  # pruned because the training loss became nan or inf
 
 
 def summarize(study: optuna.Study, budget: int, *, top: int = 5) -> Summary:
@@ -732,7 +767,22 @@ def summarize(study: optuna.Study, budget: int, *, top: int = 5) -> Summary:
         ),
         rejected_share=len(rejected) / len(drawn) if drawn else 0.0,
         best=best,
+        diverged=sum(is_diverged(t) for t in trials),
     )
+
+
+def no_result_line(s: Summary) -> str:
+    """Why a study has no feasible complete trial, for the end of a search."""
+    trained = s.total - s.rejected - s.running - s.waiting
+    if s.diverged and s.diverged == trained:
+        return (
+            f"\nno result: every trained trial diverged ({s.diverged}: the training loss became "
+            "nan or inf); try a lower --lr, and check the data"
+        )
+    parts = [f"{s.diverged} diverged"] if s.diverged else []
+    parts += [f"{s.failed} failed"] if s.failed else []
+    parts += [f"{s.rejected} rejected over budget"] if s.rejected else []
+    return "\nno complete trial within the budget yet" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def trial_line(t: FrozenTrial, budget: int) -> str:

@@ -6,7 +6,8 @@ Trains on the training split (the validation split carved off), evaluates on val
 every epoch, and ends with validation and test accuracy, with and without test-time
 augmentation. Everything lands in ``results/train/<architecture>/`` (see
 ``search.experiment``); a killed run resumes when the same command runs again.
-Exit 0 on success, 1 when training diverged, 2 on bad input, 130 when interrupted.
+Exit 0 on success, 1 when training diverged or the disk is full, 2 on bad input, 130 when
+interrupted.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from search.config import DataConfig, configure_torch, load_sections, merge, resolve_device
-from search.data import load_dataset
-from search.experiment import Experiment, run_experiment
+from search.data import check_split_arguments, decode, save_cache, split_as_configured
+from search.experiment import Experiment, recorded_settings, run_experiment
 from search.training import EpochStats, TrainConfig, TrainingDiverged
 from space._cli import ArgumentParser
-from space._io import check_writable_folder
+from space._io import check_path, check_writable_folder, disk_full_message
 from space.errors import UserError
 from space.genotype import Genotype
 
@@ -57,6 +58,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_path(args.arch, what=f"architecture file {str(args.arch)[:80]!r}")
         genotype = Genotype.load(args.arch)
         device = resolve_device(args.device)
         presets = (
@@ -95,14 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_writable_folder(out)
         configure_torch(device)
         progress = not args.no_progress
-        dataset = load_dataset(
-            data.source,
-            val_size=data.val_size,
-            subset=data.subset,
-            seed=data.split_seed,
-            image_size=data.image_size,
-            progress=progress,
-        )
+        check_split_arguments(val_size=data.val_size, subset=data.subset)
+        # Decoded into memory; the cache is written once the run folder is known to be usable.
+        decoded = decode(data.source, image_size=data.image_size, progress=progress)
+        # Without --val-size, a resumed run keeps the validation size it recorded.
+        recorded = None if args.fresh else recorded_settings(out)
+        recorded_val = ((recorded or {}).get("data") or {}).get("val_size")
+        data, dataset = split_as_configured(decoded, data, recorded_val_size=recorded_val)
         print(f"data    {dataset.describe()}")
         print(f"device  {device}")
 
@@ -123,10 +124,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             fresh=args.fresh,
             progress=progress,
             on_epoch=log_epoch,
+            on_start=lambda: save_cache(decoded),
         )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a full disk: one line; anything else is a bug of ours
+        full = disk_full_message(exc, out)
+        if full is None:
+            raise
+        print(
+            f"error: {full}; the finished epochs are kept: free some space and run the same "
+            "command again",
+            file=sys.stderr,
+        )
+        return 1
     except TrainingDiverged as exc:
         print(f"error: training diverged: {exc}", file=sys.stderr)
         return 1

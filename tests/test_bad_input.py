@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import sqlite3
 import subprocess
 import sys
@@ -405,6 +406,172 @@ CASES += [
         "no study",
     ),
 ]
+LONG = "n" * 300  # a name longer than any file system takes (255 bytes)
+CASES += [
+    # storages that are not a storage of this Optuna: refused before anything is written
+    Case(
+        "run-storage-lookalike-tables",
+        "search.run",
+        search_with("--storage", lambda i: f"sqlite:///{i}/lookalike.db"),
+        "tables named like Optuna's",
+    ),
+    Case(
+        "run-storage-older-schema",
+        "search.run",
+        search_with("--storage", lambda i: f"sqlite:///{i}/old-schema.db"),
+        "an Optuna storage of an older schema",
+    ),
+    Case(
+        "run-storage-journal-junk",
+        "search.run",
+        search_with("--storage", lambda i: f"journal:///{i}/junk.journal"),
+        "line 2 (byte",
+    ),
+    Case(
+        "run-storage-not-a-journal",
+        "search.run",
+        search_with("--storage", lambda i: f"journal:///{i}/syntax.toml"),
+        "not an Optuna journal file",
+    ),
+    Case(
+        "run-storage-port-not-a-number",
+        "search.run",
+        search("--storage", "postgresql+psycopg://nas@db-host:abc/nas"),
+        "the port 'abc' is not a number",
+    ),
+    Case(
+        "report-storage-lookalike-tables",
+        "search.report",
+        lambda i: ["--storage", f"sqlite:///{i}/lookalike.db"],
+        "tables named like Optuna's",
+    ),
+    Case(
+        "retrain-storage-lookalike-tables",
+        "search.retrain",
+        lambda i: ["--storage", f"sqlite:///{i}/lookalike.db", "--study-name", "tiny"],
+        "tables named like Optuna's",
+    ),
+    Case(
+        "dashboard-storage-lookalike-tables",
+        "search.dashboard",
+        lambda i: ["--storage", f"sqlite:///{i}/lookalike.db"],
+        "tables named like Optuna's",
+    ),
+    # refused resumes write nothing: no journal record, no data cache
+    Case(
+        "run-resume-other-settings-journal",
+        "search.run",
+        search_with("--storage", lambda i: f"journal:///{i}/study.journal", "--study-name", "tiny"),
+        "was made with other settings",
+    ),
+    Case(
+        "run-resume-other-data",
+        "search.run",
+        search_with(
+            "--storage",
+            lambda i: f"sqlite:///{i}/study/results/tiny.db",
+            "--study-name",
+            "tiny",
+            "--data",
+            with_input("fresh-data"),
+        ),
+        "was made with other settings",
+    ),
+    Case(
+        "run-val-size-too-large",
+        "search.run",
+        search_with("--data", with_input("fresh-data"), "--val-size", "500"),
+        "--val-size 500 takes 167 images",
+    ),
+    Case(
+        "train-val-size-too-large",
+        "search.train",
+        train_with("--data", with_input("fresh-data"), "--val-size", "500"),
+        "at most 27 works with this data",
+    ),
+    # entries named like images that are not images
+    Case(
+        "run-data-named-pipe",
+        "search.run",
+        search_with("--data", with_input("pipe-data")),
+        "a named pipe named like an image",
+    ),
+    Case(
+        "run-data-folder-named-like-an-image",
+        "search.run",
+        search_with("--data", with_input("folder-data")),
+        "a folder named like an image",
+    ),
+    Case(
+        "run-data-dangling-link",
+        "search.run",
+        search_with("--data", with_input("link-data")),
+        "which does not exist",
+    ),
+    # names and paths too long for the system
+    Case("run-study-name-too-long", "search.run", search("--study-name", LONG), "at most 120"),
+    Case(
+        "run-journal-name-too-long",
+        "search.run",
+        search("--storage", f"journal:///{LONG[:230]}.journal"),
+        "this file system allows at most",
+    ),
+    Case(
+        "run-data-name-too-long",
+        "search.run",
+        search("--data", LONG, "--study-name", "long"),
+        "allows at most",
+    ),
+    Case(
+        "run-study-name-from-a-long-data-name",
+        "search.run",
+        search("--data", LONG[:200]),
+        "give a shorter --study-name",
+    ),
+    Case("train-out-too-long", "search.train", train_with("--out", LONG), "allows at most"),
+    Case(
+        "export-out-too-long",
+        "search.export",
+        lambda i: [str(i / "train" / "model.safetensors"), "--out", LONG],
+        "allows at most",
+    ),
+    Case(
+        "report-out-too-long",
+        "search.report",
+        lambda i: ["--storage", f"sqlite:///{i}/study/results/tiny.db", "--out", LONG],
+        "allows at most",
+    ),
+    # model files damaged on disk, or whose record contradicts itself
+    Case(
+        "predict-damaged-weights",
+        "search.predict",
+        lambda i: [str(i / "damaged.safetensors"), str(i / "image.png")],
+        "the weights are damaged",
+    ),
+    Case(
+        "predict-one-class",
+        "search.predict",
+        lambda i: [str(i / "one-class.safetensors"), str(i / "image.png")],
+        "a classifier has at least 2",
+    ),
+    Case(
+        "export-zero-std",
+        "search.export",
+        lambda i: [str(i / "zero-std.safetensors")],
+        "every standard deviation must be > 0",
+    ),
+    Case(
+        "dashboard-artifact-dir-a-file",
+        "search.dashboard",
+        lambda i: [
+            "--storage",
+            f"sqlite:///{i}/study/results/tiny.db",
+            "--artifact-dir",
+            str(i / "syntax.toml"),
+        ],
+        "--artifact-dir",
+    ),
+]
 if not torch.cuda.is_available():
     CASES.append(
         Case(
@@ -450,7 +617,43 @@ def make_inputs(root: Path) -> Path:
     (corrupt / "train" / "bee" / "0002.png").write_bytes(b"not an image")
     tarball = make_tarball(root / "data", root / "broken.tar.gz")
     tarball.write_bytes(tarball.read_bytes()[:200])
+    # Never loaded, so that a run refused after decoding it would leave a new cache.
+    make_image_folder(root / "fresh-data", train_per_class=10, test_per_class=2, size=8, seed=7)
+    pipe = make_image_folder(root / "pipe-data", train_per_class=4, test_per_class=1, size=8)
+    os.mkfifo(pipe / "train" / "bee" / "0100.png")
+    folder = make_image_folder(root / "folder-data", train_per_class=4, test_per_class=1, size=8)
+    (folder / "test" / "cat" / "extra.png").mkdir()
+    link = make_image_folder(root / "link-data", train_per_class=4, test_per_class=1, size=8)
+    (link / "train" / "ant" / "gone.png").symlink_to(root / "nowhere.png")
+    _storages(root)
     return root
+
+
+def _storages(root: Path) -> None:
+    """Files that look like storages and are not, and a journal copy of the tiny study."""
+    import optuna
+
+    with contextlib.closing(sqlite3.connect(root / "lookalike.db")) as db:
+        db.execute("CREATE TABLE studies (study_id INTEGER, study_name TEXT)")
+        db.execute("CREATE TABLE trials (trial_id INTEGER)")
+        db.commit()
+    (root / "old-schema.db").write_bytes((root / "empty.db").read_bytes())
+    with contextlib.closing(sqlite3.connect(root / "old-schema.db")) as db:
+        db.execute("UPDATE alembic_version SET version_num = 'v3.0.0.d'")
+        db.commit()
+    lines = (root / "not-a-db.db").read_text()
+    (root / "junk.journal").write_text(
+        '{"op_code":0,"worker_id":"w","study_name":"x","directions":[1]}\n'
+        + lines
+        + '{"op_code":0,"worker_id":"w","study_name":"y","directions":[1]}\n'
+    )
+    from search.storage import open_journal
+
+    optuna.copy_study(
+        from_study_name="tiny",
+        from_storage=f"sqlite:///{root}/study/results/tiny.db",
+        to_storage=open_journal(root / "study.journal"),
+    )
 
 
 def _trained_inputs(root: Path) -> None:
@@ -508,6 +711,13 @@ def _trained_inputs(root: Path) -> None:
     record["genotype"] = Genotype.load(RESNET20).to_dict()
     metadata["budget_nas"] = json.dumps(record)
     save_file(tensors, str(root / "other-arch.safetensors"), metadata=metadata)
+    damaged = bytearray(model.read_bytes())
+    damaged[-6] ^= 0x55  # a byte of the last tensor
+    (root / "damaged.safetensors").write_bytes(bytes(damaged))
+    for name, change in (("one-class", {"classes": ["ant"]}), ("zero-std", {"std": [0.2, 0, 0.2]})):
+        changed = dict(metadata)
+        changed["budget_nas"] = json.dumps({**json.loads(metadata["budget_nas"]), **change})
+        save_file(tensors, str(root / f"{name}.safetensors"), metadata=changed)
     make_image(0, 8, __import__("numpy").random.default_rng(0)).save(root / "image.png")
     (root / "bad.png").write_bytes(b"not a png")
     (root / "orphan-state").mkdir()

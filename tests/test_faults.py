@@ -127,6 +127,19 @@ def finished_record(tmp: Path) -> dict[int, tuple]:
     }
 
 
+def assert_front_published(study: optuna.Study, *, trials: int) -> None:
+    """The Pareto figure and the note are in the study, as optuna-dashboard reads them, and the
+    note counts ``trials``."""
+    import optuna_dashboard
+    from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
+
+    from search.report import GRAPH_OBJECT_ID
+
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    assert GRAPH_OBJECT_ID in get_plotly_graph_objects(attrs)
+    assert f"**trials** {trials}:" in optuna_dashboard.get_note(study)
+
+
 def test_search_killed_at_four_points_loses_nothing(tmp_path: Path) -> None:
     args = search_args(tmp_path, "--epochs", "4", trials=10)
     rng = random.Random(0)
@@ -244,6 +257,8 @@ def test_four_workers_on_a_journal_file(tmp_path: Path) -> None:
     assert len(trials) == 12 and all(t.state in FINISHED for t in trials)
     assert sorted(t.number for t in trials) == list(range(12))
     assert len({t.user_attrs["worker"]["pid"] for t in trials}) >= 2
+    # The supervisor kept the front in optuna-dashboard current; its figure counts all trials.
+    assert_front_published(study, trials=12)
 
 
 def test_diverging_trial_is_pruned_with_its_reason(tmp_path: Path, monkeypatch) -> None:
@@ -316,6 +331,7 @@ def test_ctrl_c_marks_the_running_trial_failed(tmp_path: Path) -> None:
     assert [t.number for t in failed] == [0]
     assert failed[0].user_attrs["status"] == "failed: interrupted (Ctrl-C)"
     assert "study tiny:" in out  # the summary was printed
+    assert_front_published(study_at(tmp_path), trials=len(trials))  # also when interrupted
 
 
 def test_ctrl_c_inside_a_database_write_finishes_the_write_then_stops(tmp_path: Path) -> None:
@@ -395,3 +411,149 @@ def test_ctrl_c_with_workers_stops_them_all(tmp_path: Path) -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+# -- a full disk, a torn journal record, a killed cache writer --------------------------------
+
+# search.run with every database write failing as SQLite does on a full disk, from the moment the
+# third trained trial starts writing its results.
+_SQLITE_DISK_FULLS = """
+import runpy, sqlite3, sys
+import sqlalchemy
+results = []
+@sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "before_cursor_execute")
+def disk_full(conn, cursor, statement, parameters, context, executemany):
+    if "train_loss" in str(parameters) and "trial_user_attributes" in statement:
+        results.append(True)
+    if len(results) >= 3 and statement.split()[0].upper() in ("INSERT", "UPDATE", "DELETE"):
+        raise sqlite3.OperationalError("database or disk is full")
+sys.argv[0] = "search.run"
+runpy.run_module("search.run", run_name="__main__")
+"""
+
+# The same with a journal: from the third trained trial's results on, every append writes half
+# its bytes, as a write that runs out of space does, and fails with ENOSPC.
+_JOURNAL_DISK_FULLS = """
+import errno, os, runpy, sys
+import search.storage
+real_append = search.storage.JournalFile.append_logs
+real_write = os.write
+results = []
+def half(fd, data):
+    real_write(fd, bytes(data[: len(data) // 2]))
+    raise OSError(errno.ENOSPC, "No space left on device")
+def append(self, logs):
+    if any("train_loss" in str(log.get("user_attr", {})) for log in logs):
+        results.append(True)
+    if len(results) < 3:
+        return real_append(self, logs)
+    os.write = half
+    try:
+        return real_append(self, logs)
+    finally:
+        os.write = real_write
+search.storage.JournalFile.append_logs = append
+sys.argv[0] = "search.run"
+runpy.run_module("search.run", run_name="__main__")
+"""
+
+
+def _finished(study: optuna.Study) -> dict[int, tuple]:
+    return {
+        t.number: (t.state, t.value, t.params, t.user_attrs)
+        for t in study.get_trials(states=FINISHED)
+    }
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path: Path, kind: str) -> None:
+    journal = tmp_path / "results" / "tiny.journal"
+    extra = ["--storage", f"journal:///{journal}"] if kind == "journal" else []
+    args = search_args(tmp_path, *extra, trials=5)
+
+    def load() -> optuna.Study:
+        if kind == "sqlite":
+            return study_at(tmp_path)
+        backend = optuna.storages.journal.JournalFileBackend(str(journal))
+        return optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(backend))
+
+    script = _SQLITE_DISK_FULLS if kind == "sqlite" else _JOURNAL_DISK_FULLS
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    target = "results/tiny.db" if kind == "sqlite" else str(journal)
+    assert line.startswith(f"error: the disk is full: cannot write {target} ("), line
+    assert "every finished trial is kept" in line
+    before = _finished(load())
+    assert before  # trials finished before the disk filled up
+    if kind == "journal":
+        assert journal.read_bytes().endswith(b"\n")  # the failed appends left nothing torn
+    # Space freed: the same command finishes the study, every earlier trial as it was.
+    proc = start(args, tmp_path)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    after = _finished(load())
+    assert len(after) == 5
+    for number, record in before.items():
+        assert after[number] == record
+
+
+def test_a_search_resumes_after_a_journal_record_was_torn(tmp_path: Path) -> None:
+    journal = tmp_path / "results" / "tiny.journal"
+    args = search_args(tmp_path, "--storage", f"journal:///{journal}", trials=3)
+    assert subprocess.run([sys.executable, "-m", "search.run", *args], cwd=tmp_path).returncode == 0
+    # A writer killed (or out of space) halfway through a record, as the probe found it.
+    record = journal.read_bytes().rstrip(b"\n").rsplit(b"\n", 1)[1]
+    with open(journal, "ab") as f:
+        f.write(record[: len(record) // 2])
+    torn = record[: len(record) // 2]
+    args = search_args(tmp_path, "--storage", f"journal:///{journal}", trials=5)
+    proc = start(args, tmp_path)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    [side] = journal.parent.glob("tiny.journal.torn-*")
+    assert side.read_bytes() == torn
+    assert f"moved them to {side}" in err
+    backend = optuna.storages.journal.JournalFileBackend(str(journal))
+    study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(backend))
+    assert len(study.get_trials(states=FINISHED)) == 5
+
+
+# Decodes the data folder with a cache writer that stops halfway: it writes some bytes into
+# its temporary file, says so, and waits to be killed.
+_DIE_WRITING_CACHE = """
+import sys, time, torch
+import search.data
+def stuck(payload, path):
+    with open(path, "wb") as f:
+        f.write(b"x" * 100_000)
+    print("writing", flush=True)
+    time.sleep(600)
+search.data.torch.save = stuck
+search.data.load_dataset(sys.argv[1], val_size=6)
+"""
+
+
+def test_a_cache_writer_killed_midway_leaves_nothing_behind(tmp_path: Path) -> None:
+    from search.data import load_dataset
+    from tests.search.searchkit import tiny_data
+
+    data = tiny_data(tmp_path / "data")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DIE_WRITING_CACHE, str(data)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    cache = tmp_path / ".nas-cache"
+    [leftover] = cache.iterdir()
+    assert leftover.name.endswith(".tmp")
+    load_dataset(data, val_size=6)  # the next run
+    [written] = cache.iterdir()
+    assert written.suffix == ".pt"  # the leftover is gone, the cache is there

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import tarfile
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -291,3 +292,173 @@ def test_cache_is_not_world_unreadable(folder, tmp_path) -> None:
     load(folder, tmp_path)
     cache = next((tmp_path / "cache").glob("*.pt"))
     assert os.stat(cache).st_mode & 0o044
+
+
+# -- entries named like images that are not image files ---------------------------------------
+
+
+def _refused(folder, tmp_path, fragment: str) -> None:
+    """One line naming the entry, promptly (a named pipe must not make it wait), no cache."""
+    import signal
+
+    def too_slow(*_):
+        raise AssertionError("loading hung")
+
+    signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(20)
+    try:
+        with pytest.raises(UserError, match=fragment) as info:
+            load_dataset(folder, cache_dir=tmp_path / "cache", val_size=0)
+    finally:
+        signal.alarm(0)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_named_pipe_named_like_an_image_is_refused_without_reading_it(folder, tmp_path) -> None:
+    os.mkfifo(folder / "train" / "bee" / "0100.png")
+    _refused(folder, tmp_path, r"train/bee/0100\.png: a named pipe named like an image")
+
+
+def test_a_folder_named_like_an_image_is_refused(folder, tmp_path) -> None:
+    (folder / "test" / "cat" / "extra.jpg").mkdir()
+    _refused(folder, tmp_path, r"extra\.jpg: a folder named like an image")
+
+
+def test_a_dangling_link_named_like_an_image_is_refused(folder, tmp_path) -> None:
+    (folder / "train" / "ant" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    _refused(folder, tmp_path, r"gone\.png: a link to .*nowhere\.png, which does not exist")
+
+
+def test_a_link_to_an_image_is_read(folder, tmp_path) -> None:
+    target = folder / "train" / "ant" / "0000.png"
+    (folder / "train" / "ant" / "link.png").symlink_to(target)
+    assert len(load(folder, tmp_path, val_size=0).train) == 61
+
+
+def test_an_image_past_the_decompression_bomb_guard_is_refused(
+    folder, tmp_path, monkeypatch
+) -> None:
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the images have 256 pixels
+    with pytest.raises(UserError, match="decompression bombs") as info:
+        load(folder, tmp_path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_image_is_named(folder, tmp_path) -> None:
+    image = folder / "train" / "cat" / "0001.png"
+    image.chmod(0)
+    _refused(folder, tmp_path, r"0001\.png: cannot read the image \(Permission denied\)")
+
+
+def test_a_named_pipe_given_as_data_is_refused(tmp_path) -> None:
+    os.mkfifo(tmp_path / "data.tar")
+    _refused(tmp_path / "data.tar", tmp_path, "a named pipe, not a folder or a .tar")
+
+
+# -- temporary files of a writer that was killed ------------------------------------------------
+
+
+def test_stale_temporary_files_in_the_cache_folder_are_removed(folder, tmp_path) -> None:
+    import socket
+    import time
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    host = socket.gethostname()
+    dead = subprocess_pid_that_exited()
+    stale = cache / f".tiny-0123.pt.{dead}@{host}.abcd1234.tmp"  # a writer that is gone
+    live = cache / f".tiny-0123.pt.{os.getpid()}@{host}.abcd1234.tmp"  # one still writing
+    elsewhere = cache / f".tiny-0123.pt.{dead}@another-host.abcd1234.tmp"  # cannot be judged
+    old = cache / ".tiny-0123.pt.k2j3h4g5.tmp"  # an older version's name, untouched for hours
+    fresh = cache / ".tiny-4567.pt.q1w2e3r4.tmp"
+    for path in (stale, live, elsewhere, old, fresh):
+        path.write_bytes(b"half a cache")
+    hours_ago = time.time() - 3 * 3600
+    os.utime(old, (hours_ago, hours_ago))
+    load(folder, tmp_path)
+    left = {p.name for p in cache.iterdir()}
+    assert stale.name not in left and old.name not in left
+    assert {live.name, elsewhere.name, fresh.name} <= left
+
+
+def subprocess_pid_that_exited() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+# -- the validation size -------------------------------------------------------------------
+
+
+def _largest_by_trying(counts: list[int]) -> int:
+    """The largest validation size the balanced split accepts, by trying every size."""
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    images = torch.zeros(len(labels), 1, 1, 1, dtype=torch.uint8)
+    classes = tuple(f"c{c}" for c in range(len(counts)))
+    best = 0
+    for v in range(1, sum(counts) + 1):
+        try:
+            split_validation(data_module.ImageSet(images, labels), classes, val_size=v, seed=0)
+        except UserError:
+            continue
+        best = v
+    return best
+
+
+@pytest.mark.parametrize(
+    "counts", [[24] * 10, [3, 3], [5, 2, 9], [9, 5, 2], [1, 4], [4, 1], [7, 7, 6], [2, 2, 2]]
+)
+def test_largest_validation_size_is_the_largest_the_split_takes(counts: list[int]) -> None:
+    assert data_module.largest_val_size(counts) == _largest_by_trying(counts)
+
+
+def test_default_validation_size_follows_the_data() -> None:
+    default = data_module.default_val_size
+    assert default([5000] * 10) == 5000  # CIFAR-10: the 5,000 its studies recorded
+    assert default([10000] * 10) == 5000  # at most 5,000
+    assert default([24] * 10) == 24  # 10% of 240
+    assert default([4] * 10) == 10  # at least one per class (10% would be 4)
+    assert default([2, 2, 2]) == 3
+    # Never so many that a class is left without a training image; the remainder of a split
+    # goes to the first classes, so [1, 5] takes none at all.
+    assert default([5, 1]) == 1
+    assert default([1, 5]) == 0
+
+
+def test_small_folders_work_without_a_validation_size(tmp_path) -> None:
+    root = make_image_folder(tmp_path / "small", train_per_class=24, test_per_class=2, size=8)
+    ds = load_dataset(root, cache_dir=tmp_path / "cache")
+    assert len(ds.val) == 7  # 10% of 72
+    assert torch.bincount(ds.val.labels).tolist() == [3, 2, 2]
+
+
+def test_a_validation_size_too_large_names_the_flag_and_what_works(tmp_path) -> None:
+    root = make_image_folder(tmp_path / "small", train_per_class=24, test_per_class=2, size=8)
+    with pytest.raises(UserError) as info:
+        load_dataset(root, cache_dir=tmp_path / "cache", val_size=5000)
+    message = str(info.value)
+    assert "--val-size 5000" in message and "at most 69 works" in message
+    assert not (tmp_path / "cache").exists()  # a refused split writes no cache
+    assert len(load_dataset(root, cache_dir=tmp_path / "cache", val_size=69).val) == 69
+
+
+def test_a_failed_download_leaves_no_folder(tmp_path, monkeypatch) -> None:
+    import torchvision
+
+    def offline(root, **kwargs):
+        os.makedirs(root, exist_ok=True)  # as torchvision does before it downloads
+        (Path(root) / "cifar-10-python.tar.gz").write_bytes(b"partial")
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    cache = tmp_path / "cache"
+    with pytest.raises(UserError, match="cannot get CIFAR-10"):
+        load_dataset("cifar10", cache_dir=cache)
+    assert list(tmp_path.iterdir()) == []

@@ -399,3 +399,26 @@ def test_a_rerun_that_trains_nothing_leaves_the_notes_alone(searched, tmp_path) 
         for k, v in again._storage.get_study_system_attrs(again._study_id).items()
         if "note_ver" in k
     } == versions
+
+
+def test_a_run_folder_of_other_settings_is_refused_before_any_training(
+    searched, tmp_path, capsys, monkeypatch
+) -> None:
+    # The second model's folder holds a run of other settings: refused at the start, not after
+    # the first model trained, and the data (a fresh folder) is not cached for the refused run.
+    from tests.images import make_image_folder
+
+    data = make_image_folder(tmp_path / "fresh", train_per_class=10, test_per_class=2, size=8)
+    out = tmp_path / "o"
+    other = out / "retrain" / "mini-resnet" / "seed-0"
+    other.mkdir(parents=True)
+    (other / "config.json").write_text(json.dumps({"settings": {"name": "something else"}}))
+    trained = []
+    monkeypatch.setattr(search.experiment, "fit", lambda *a, **k: trained.append(1))
+    args = retrain_args(searched, out, "--arch", str(REFERENCE), "--data", str(data))
+    assert retrain_main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds a run with other settings" in err and len(err.strip().splitlines()) == 1
+    assert trained == []
+    assert not (tmp_path / ".nas-cache").exists()
+    assert sorted(p.name for p in (out / "retrain").iterdir()) == ["mini-resnet"]

@@ -299,3 +299,55 @@ def test_a_trial_failing_on_a_bug_says_why(tmp_path, monkeypatch) -> None:
     [trial] = load(tmp_path).trials
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["status"] == "failed: RuntimeError: shapes do not match"
+
+
+def _without_val_size(args: list[str]) -> list[str]:
+    i = args.index("--val-size")
+    return args[:i] + args[i + 2 :]
+
+
+def test_small_folders_work_without_a_validation_size(tmp_path, capsys) -> None:
+    from tests.images import make_image_folder
+
+    make_image_folder(tmp_path / "data", train_per_class=24, test_per_class=2, size=8)
+    args = _without_val_size(search_args(tmp_path, trials=2))
+    assert run_main(args) == 0
+    settings = load(tmp_path).user_attrs["settings"]
+    # The study records the number it resolved to: 10% of the 72 training images.
+    assert settings["data"]["val_size"] == 7
+    assert settings["dataset"]["val_images"] == 7
+    assert "65 train / 7 val" in capsys.readouterr().out
+    # Resumed without the flag, as with it.
+    assert run_main(_without_val_size(search_args(tmp_path, trials=3))) == 0
+    assert run_main(search_args(tmp_path, trials=4)) == 2  # an explicit 6 is another split
+    assert "data.val_size: 7 in the study, 6 now" in capsys.readouterr().err
+
+
+def test_a_study_resumes_with_the_validation_size_it_recorded(tmp_path) -> None:
+    # Made with an explicit --val-size (say, the 5,000 of CIFAR-10 under the old default), it
+    # resumes without the flag, although the default for this data is another number.
+    assert run_main(search_args(tmp_path, trials=2)) == 0  # --val-size 6; the default is 3
+    assert run_main(_without_val_size(search_args(tmp_path, trials=3))) == 0
+    study = load(tmp_path)
+    assert study.user_attrs["settings"]["data"]["val_size"] == 6
+    assert len(study.trials) == 3
+
+
+def test_a_search_whose_trials_all_diverged_says_so(tmp_path, monkeypatch, capsys) -> None:
+    from search.training import TrainingDiverged
+
+    def diverges(*args, **kwargs):
+        raise TrainingDiverged("training loss became nan in epoch 1, step 1")
+
+    monkeypatch.setattr(search.study, "fit", diverges)
+    assert run_main(search_args(tmp_path, trials=3)) == 0
+    out = capsys.readouterr().out
+    assert "no result: every trained trial diverged (3: the training loss became nan or inf)" in out
+    from search.report import main as report_main
+
+    assert report_main(["--storage", "sqlite:///results/tiny.db"]) == 2
+    err = capsys.readouterr().err
+    assert "every trained trial diverged" in err and len(err.strip().splitlines()) == 1
+    import optuna_dashboard
+
+    assert "every trained trial diverged" in optuna_dashboard.get_note(load(tmp_path))

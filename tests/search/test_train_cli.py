@@ -204,3 +204,20 @@ def test_out_that_is_a_file_is_refused(folder, tmp_path, capsys) -> None:
     assert train_main(args(folder, out)) == 2
     assert "is a file; expected a folder" in capsys.readouterr().err
     assert out.read_text() == "mine"
+
+
+def test_without_a_validation_size_it_follows_the_data_and_a_resume_keeps_it(
+    folder, tmp_path, capsys
+) -> None:
+    no_val = args(folder, tmp_path / "a")
+    i = no_val.index("--val-size")
+    del no_val[i : i + 2]
+    assert train_main(no_val) == 0
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["settings"]["data"]["val_size"] == 7  # 10% of 72, the number recorded
+    # A run made with --val-size 9 resumes without the flag: it keeps the size it recorded.
+    assert train_main(args(folder, tmp_path / "b")) == 0
+    capsys.readouterr()
+    no_val[no_val.index(str(tmp_path / "a"))] = str(tmp_path / "b")
+    assert train_main(no_val) == 0
+    assert "holds a run with other settings" not in capsys.readouterr().err
