@@ -2,7 +2,8 @@
 
 The counts are closed forms that walk the genotype the way ``space.builder`` builds it: no weight
 is allocated, so a candidate is checked in microseconds and an over-budget one costs nothing.
-A property test holds ``count_params`` equal to ``sum(p.numel())`` of the built network.
+Property tests hold ``count`` equal to ``sum(p.numel())`` of the built network and to forward
+hooks' MACs. ``fit_to_budget`` can keep to a MACs limit beside the parameter budget.
 
 The command line is ``python -m space.budget`` (``space/budget.py``).
 """
@@ -14,7 +15,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from space.builder import inner_width
+from space.blocks import inner_width, se_width
 from space.errors import UserError
 from space.genotype import MAX_WIDTH, Genotype
 
@@ -83,8 +84,11 @@ def count(
 ) -> tuple[int, int]:
     """(trainable parameters, multiply-accumulates) of the network ``build`` makes.
 
-    MACs count convolutions and linear layers for one image of ``image_size`` (BN, activations,
-    pooling and additions are left out, as fvcore and most papers do).
+    MACs, for one image of ``image_size``: each convolution's weights times its output
+    positions (k x k x c_in / groups per output value, so k x k for a depthwise conv), and each
+    linear layer's weights. Squeeze-excitation's two 1x1 convs count (at 1x1, a few thousand at
+    most); norms, activations, SE's pooling and gating, the layer scale, pooling, biases and
+    additions are left out, as fvcore and most papers do.
     """
     h, w = _as_hw(image_size)
     _check_size(num_classes, in_channels, (h, w))
@@ -92,19 +96,31 @@ def count(
     params = 0
     macs = 0
 
-    def conv(c_in: int, c_out: int, k: int, stride: int, bias: bool = False) -> None:
-        # Convolutions here pad k // 2, so the output side is ceil(side / stride).
+    def conv(
+        c_in: int, c_out: int, k: int, stride: int, bias: bool = False, groups: int = 1
+    ) -> None:
+        # Convolutions here pad k // 2 (a 2x2 patch conv pads odd sides by one), so the output
+        # side is ceil(side / stride).
         nonlocal params, macs, h, w
         h, w = -(-h // stride), -(-w // stride)
-        params += k * k * c_in * c_out + (c_out if bias else 0)
-        macs += k * k * c_in * c_out * h * w
+        weights = k * k * (c_in // groups) * c_out
+        params += weights + (c_out if bias else 0)
+        macs += weights * h * w
 
-    def bn(c: int) -> None:
+    def norm(c: int) -> None:  # BatchNorm or LayerNorm: a scale and a shift per channel
         nonlocal params
         params += 2 * c
 
+    def se(c: int, width: int, ratio: float) -> None:
+        # Global mean (N, c, 1, 1), 1x1 conv c -> r with bias, act, 1x1 conv r -> c with bias.
+        nonlocal params, macs
+        if ratio:
+            r = se_width(width, ratio)
+            params += 2 * c * r + r + c
+            macs += 2 * c * r
+
     conv(in_channels, g.stem_width, 3, 1, bias=g.stem_bias)
-    bn(g.stem_width)
+    norm(g.stem_width)
     c = g.stem_width
     for stage in g.stages:
         stride = 1
@@ -113,32 +129,58 @@ def count(
                 stride = 2
             elif g.downsample == "conv":
                 conv(c, stage.width, 3, 2)
-                bn(stage.width)
+                norm(stage.width)
+                c = stage.width
+            elif g.downsample == "patch":
+                norm(c)
+                conv(c, stage.width, 2, 2, bias=True)
                 c = stage.width
             else:  # max- or avg-pool with ceil_mode: every side rounds up
                 h, w = -(-h // 2), -(-w // 2)
+        k = stage.kernel
         for i in range(stage.depth):
             s = stride if i == 0 else 1
             c_out = stage.width
             h_in, w_in = h, w
             if stage.block == "basic":
-                conv(c, c_out, 3, s)
-                bn(c_out)
-                conv(c_out, c_out, 3, 1)
-                bn(c_out)
+                conv(c, c_out, k, s)
+                norm(c_out)
+                conv(c_out, c_out, k, 1)
+                norm(c_out)
+                se(c_out, c_out, stage.se)
             elif stage.block == "preact":
-                bn(c)
-                conv(c, c_out, 3, s)
-                bn(c_out)
-                conv(c_out, c_out, 3, 1)
-            else:  # bottleneck
-                mid = inner_width(c_out)
+                norm(c)
+                conv(c, c_out, k, s)
+                norm(c_out)
+                conv(c_out, c_out, k, 1)
+                se(c_out, c_out, stage.se)
+            elif stage.block == "bottleneck":
+                mid = inner_width(c_out, stage.expansion)
                 conv(c, mid, 1, 1)
-                bn(mid)
-                conv(mid, mid, 3, s)
-                bn(mid)
+                norm(mid)
+                conv(mid, mid, k, s)
+                norm(mid)
                 conv(mid, c_out, 1, 1)
-                bn(c_out)
+                norm(c_out)
+                se(c_out, c_out, stage.se)
+            elif stage.block == "mbconv":
+                hidden = c * stage.expansion
+                if stage.expansion > 1:
+                    conv(c, hidden, 1, 1)
+                    norm(hidden)
+                conv(hidden, hidden, k, s, groups=hidden)
+                norm(hidden)
+                se(hidden, c_out, stage.se)
+                conv(hidden, c_out, 1, 1)
+                norm(c_out)
+            else:  # convnext
+                hidden = c_out * stage.expansion
+                conv(c, c, k, s, groups=c)
+                norm(c)
+                conv(c, hidden, 1, 1, bias=True)
+                conv(hidden, c_out, 1, 1, bias=True)
+                se(c_out, c_out, stage.se)
+                params += c_out  # layer scale
             if s != 1 or c != c_out:  # projection shortcut, at the block's output resolution
                 h_out, w_out = h, w
                 h, w = h_in, w_in
@@ -148,11 +190,11 @@ def count(
                 else:
                     conv(c, c_out, 1, s)
                 if g.shortcut != "conv":
-                    bn(c_out)
+                    norm(c_out)
                 assert (h, w) == (h_out, w_out)
             c = c_out
-    if g.stages[-1].block == "preact":
-        bn(c)
+    if g.stages[-1].block in ("preact", "convnext"):  # the closing norm (builder.closing_layers)
+        norm(c)
     features = 2 * c if g.pool == "avgmax" else c
     params += features * num_classes + num_classes  # linear or 1x1 conv head, with bias
     macs += features * num_classes
@@ -242,43 +284,56 @@ def fit_to_budget(
     num_classes: int,
     in_channels: int = 3,
     multiple: int = 8,
+    max_macs: int | None = None,
+    image_size: int | tuple[int, int] = 32,
 ) -> Genotype | None:
     """The genotype with its widths scaled to fill ``budget`` as closely as possible.
 
     First the single multiplier of all widths (stem and stages) with the largest count that still
     fits; then, since rounding to ``multiple`` channels leaves part of the budget unused, each
     stage (last first, then the stem) is widened by one more multiple where the count grows and
-    still fits. Depths, blocks and every other choice are kept. Returns None when even the
-    narrowest version (every width ``multiple``) is over budget. Pure; a few hundred closed-form
+    still fits. Depths, blocks and every other choice are kept. With ``max_macs``, "fits" also
+    means at most ``max_macs`` multiply-accumulates on an ``image_size`` image: the result is
+    the largest count that keeps within both limits. Returns None when even the narrowest
+    version (every width ``multiple``) is over either limit. Pure; a few hundred closed-form
     counts at most.
     """
 
-    def params(g: Genotype) -> int:
-        return count_params(g, num_classes=num_classes, in_channels=in_channels)
+    def measure(g: Genotype) -> tuple[int, int]:
+        if max_macs is None:
+            return count_params(g, num_classes=num_classes, in_channels=in_channels), 0
+        return count(g, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+
+    macs_limit = 0 if max_macs is None else max_macs  # without one, every MACs "count" is 0
 
     def scaled(m: float) -> Genotype:
         return scale_widths(genotype, m, multiple=multiple)
 
     best = scaled(0.0)
-    if params(best) > budget:
+    best_params, macs = measure(best)
+    if best_params > budget or macs > macs_limit:
         return None
     # Counts are not monotone in the multiplier: when rounding makes two neighbouring widths
     # equal, a projection shortcut turns into an identity and the count drops. So walk every
     # multiplier at which some rounded width changes, smallest first, and keep the largest count
-    # that fits. Dropping projections can at most halve a count (a bottleneck block's projection
-    # is about the size of the block), so once a count passes four times the budget no larger
-    # multiplier can fit again.
-    best_params = params(best)
+    # that fits. A vanishing projection takes at most about three quarters of a count with it
+    # (a projection costs c_in x c_out where its block costs at least (2 / e + 9 / e^2) c_out^2
+    # for a bottleneck of expansion e <= 8 and c_in ~ c_out, the case where rounding makes them
+    # equal; and the same share of MACs, at the same resolution), so once a count passes four
+    # times its limit no larger multiplier can fit again.
     for m in _width_steps(genotype, multiple):
         candidate = scaled(m)
-        n = params(candidate)
-        if n > 4 * budget:
+        n, macs = measure(candidate)
+        if n > 4 * budget or macs > 4 * macs_limit:
             break
-        if best_params < n <= budget:
+        if best_params < n <= budget and macs <= macs_limit:
             best, best_params = candidate, n
     for i in reversed(range(-1, len(best.stages))):  # last stage first; -1 is the stem
         candidate = _widen(best, i, multiple)
-        if candidate is not None and best_params < (n := params(candidate)) <= budget:
+        if candidate is None:
+            continue
+        n, macs = measure(candidate)
+        if best_params < n <= budget and macs <= macs_limit:
             best, best_params = candidate, n
     return best
 

@@ -1,129 +1,49 @@
 """Genotype -> ``torch.nn.Module``. Pure: no I/O, no device choice, no Optuna.
 
-The network is a stem (3x3 conv, BN, ReLU), the stages in order, an optional BN-ReLU when the
-last stage is pre-activation, global pooling, dropout and the classifier. ``BLOCKS`` maps a
-block-type name to its class, so a new block is a new table row, not a new builder.
+The network is a stem (3x3 conv, norm, activation), the stages in order (each an optional
+downsampling layer and its blocks), a closing norm (and activation) where the last stage leaves
+its output un-normalised, global pooling, dropout and the classifier. The blocks live in
+``space.blocks``: ``BLOCKS`` maps a block-type name to its class, so a new block is a new class
+and a table row there, not a new builder.
 
-Every convolution is followed by BN (pre-activation blocks put the BN before it) and has no bias,
-except the stem when ``stem_bias`` is set. Shapes in comments are (N, C, H, W).
+The norm is the genotype's (BatchNorm or a channels-first LayerNorm), and so is the activation.
+Shapes in comments are (N, C, H, W).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from space.genotype import Genotype, Shortcut
+from space.blocks import (
+    BLOCKS,
+    BasicBlock,
+    Bottleneck,
+    ConvNeXtBlock,
+    Layers,
+    MBConv,
+    PatchMerge,
+    PreActBlock,
+    conv3x3,
+    inner_width,
+)
+from space.genotype import Genotype
 
-
-def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-
-
-def conv1x1(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
-
-
-def make_shortcut(kind: Shortcut, c_in: int, c_out: int, stride: int) -> nn.Module:
-    """Identity when the shape is kept, else the genotype's projection."""
-    if stride == 1 and c_in == c_out:
-        return nn.Identity()
-    if kind == "conv_bn":
-        return nn.Sequential(conv1x1(c_in, c_out, stride), nn.BatchNorm2d(c_out))
-    if kind == "conv":
-        return conv1x1(c_in, c_out, stride)
-    # ResNet-D: average 2x2 windows instead of skipping 3 of every 4 pixels with a strided 1x1.
-    pool = (
-        nn.AvgPool2d(2, stride=2, ceil_mode=True, count_include_pad=False)
-        if stride > 1
-        else nn.Identity()
-    )
-    return nn.Sequential(pool, conv1x1(c_in, c_out), nn.BatchNorm2d(c_out))
-
-
-class BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-[dropout]-conv3x3-BN, plus shortcut, then ReLU (He et al. 2016)."""
-
-    def __init__(
-        self, c_in: int, c_out: int, stride: int, shortcut: Shortcut, dropout: float
-    ) -> None:
-        super().__init__()
-        self.conv1 = conv3x3(c_in, c_out, stride)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
-        self.conv2 = conv3x3(c_out, c_out)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = make_shortcut(shortcut, c_in, c_out, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(self.drop(out)))
-        return torch.relu(out + self.shortcut(x))
-
-
-class Bottleneck(nn.Module):
-    """conv1x1-BN-ReLU-conv3x3-BN-ReLU-[dropout]-conv1x1-BN, plus shortcut, then ReLU.
-
-    The inner width is a quarter of the output width (ResNet-50's expansion of 4), at least 1.
-    The stride sits on the 3x3 conv (ResNet v1.5).
-    """
-
-    expansion = 4
-
-    def __init__(
-        self, c_in: int, c_out: int, stride: int, shortcut: Shortcut, dropout: float
-    ) -> None:
-        super().__init__()
-        mid = inner_width(c_out)
-        self.conv1 = conv1x1(c_in, mid)
-        self.bn1 = nn.BatchNorm2d(mid)
-        self.conv2 = conv3x3(mid, mid, stride)
-        self.bn2 = nn.BatchNorm2d(mid)
-        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
-        self.conv3 = conv1x1(mid, c_out)
-        self.bn3 = nn.BatchNorm2d(c_out)
-        self.shortcut = make_shortcut(shortcut, c_in, c_out, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = torch.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(self.drop(out)))
-        return torch.relu(out + self.shortcut(x))
-
-
-class PreActBlock(nn.Module):
-    """BN-ReLU-conv3x3-BN-ReLU-[dropout]-conv3x3, plus shortcut of the raw input (He et al. 2016b).
-
-    No ReLU after the sum: the next block (or the final BN-ReLU) normalises and activates.
-    """
-
-    def __init__(
-        self, c_in: int, c_out: int, stride: int, shortcut: Shortcut, dropout: float
-    ) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(c_in)
-        self.conv1 = conv3x3(c_in, c_out, stride)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
-        self.conv2 = conv3x3(c_out, c_out)
-        self.shortcut = make_shortcut(shortcut, c_in, c_out, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(torch.relu(self.bn1(x)))
-        out = self.conv2(self.drop(torch.relu(self.bn2(out))))
-        return out + self.shortcut(x)
-
-
-BLOCKS: dict[str, type[nn.Module]] = {
-    "basic": BasicBlock,
-    "bottleneck": Bottleneck,
-    "preact": PreActBlock,
-}
-
-
-def inner_width(width: int) -> int:
-    """Channels inside a bottleneck block of output width ``width``."""
-    return max(1, width // Bottleneck.expansion)
+__all__ = [
+    "BLOCKS",
+    "BasicBlock",
+    "Bottleneck",
+    "ConvNeXtBlock",
+    "GlobalPool",
+    "MBConv",
+    "Network",
+    "PreActBlock",
+    "build",
+    "closing_layers",
+    "inner_width",
+]
 
 
 class GlobalPool(nn.Module):
@@ -149,44 +69,41 @@ class Network(nn.Module):
         g = genotype
         self.genotype = g
         self.num_classes = num_classes
+        layers = Layers(norm=g.norm, activation=g.activation, shortcut=g.shortcut)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, g.stem_width, 3, padding=1, bias=g.stem_bias),
-            nn.BatchNorm2d(g.stem_width),
-            nn.ReLU(inplace=True),
+            layers.make_norm(g.stem_width),
+            layers.make_act(inplace=True),
         )
         stages: list[nn.Module] = []
         c = g.stem_width
         for stage in g.stages:
-            layers: list[nn.Module] = []
+            stage_layers: list[nn.Module] = []
             stride = 1
             if stage.downsample:
                 if g.downsample == "stride":
                     stride = 2
                 elif g.downsample == "maxpool":
-                    layers.append(nn.MaxPool2d(2, stride=2, ceil_mode=True))
+                    stage_layers.append(nn.MaxPool2d(2, stride=2, ceil_mode=True))
                 elif g.downsample == "avgpool":
-                    layers.append(nn.AvgPool2d(2, stride=2, ceil_mode=True))
-                else:  # "conv": a separate 3x3 stride-2 conv + BN + ReLU that also sets the width
-                    layers += [
+                    stage_layers.append(nn.AvgPool2d(2, stride=2, ceil_mode=True))
+                elif g.downsample == "conv":  # a 3x3 stride-2 conv, norm, act; sets the width
+                    stage_layers += [
                         conv3x3(c, stage.width, stride=2),
-                        nn.BatchNorm2d(stage.width),
-                        nn.ReLU(inplace=True),
+                        layers.make_norm(stage.width),
+                        layers.make_act(inplace=True),
                     ]
+                    c = stage.width
+                else:  # "patch": ConvNeXt's norm + 2x2 stride-2 conv; sets the width
+                    stage_layers.append(PatchMerge(c, stage.width, layers))
                     c = stage.width
             block = BLOCKS[stage.block]
             for i in range(stage.depth):
-                layers.append(
-                    block(c, stage.width, stride if i == 0 else 1, g.shortcut, stage.dropout)
-                )
+                stage_layers.append(block(c, stage.width, stride if i == 0 else 1, stage, layers))
                 c = stage.width
-            stages.append(nn.Sequential(*layers))
+            stages.append(nn.Sequential(*stage_layers))
         self.stages = nn.Sequential(*stages)
-        # Pre-activation blocks leave their output un-normalised; close the trunk with BN-ReLU.
-        self.final = (
-            nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True))
-            if g.stages[-1].block == "preact"
-            else nn.Identity()
-        )
+        self.final = closing_layers(g, c, layers)
         self.pool = GlobalPool(g.pool)
         features = 2 * c if g.pool == "avgmax" else c
         self.dropout = nn.Dropout(g.head_dropout) if g.head_dropout else nn.Identity()
@@ -219,17 +136,38 @@ def build(genotype: Genotype, *, num_classes: int, in_channels: int = 3) -> Netw
     return model
 
 
+def closing_layers(genotype: Genotype, channels: int, layers: Layers) -> nn.Module:
+    """What closes the trunk before pooling. Pre-activation blocks leave their output
+    un-normalised: norm + act (He et al. 2016b). ConvNeXt blocks add an un-normalised branch
+    to an un-normalised stream: a norm (ConvNeXt's head norm, here per pixel). Others: none."""
+    last = genotype.stages[-1].block
+    if last == "preact":
+        return nn.Sequential(layers.make_norm(channels), layers.make_act(inplace=True))
+    if last == "convnext":
+        return layers.make_norm(channels)
+    return nn.Identity()
+
+
 def _init_weights(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.groups == 1:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                # He init by the fan-out of one group's filters: torch's fan-out counts all
+                # out_channels, which would make a depthwise conv's weights sqrt(C) too small.
+                fan_out = m.out_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-    # Zero the last BN of each residual branch so every block starts as the identity
+    # Zero the last norm of each residual branch so every block starts as the identity
     # (Goyal et al. 2017): deep nets train stably from the first step with a high learning rate.
+    # (ConvNeXt blocks do the same with their layer scale, set to 1e-6.)
     for m in model.modules():
         if isinstance(m, BasicBlock):
             nn.init.zeros_(m.bn2.weight)
         elif isinstance(m, Bottleneck):
             nn.init.zeros_(m.bn3.weight)
+        elif isinstance(m, MBConv):
+            nn.init.zeros_(m.project[1].weight)

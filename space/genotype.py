@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,14 @@ from space._io import write_text_atomic
 from space._toml import dumps_toml, load_toml
 from space.errors import UserError
 
-BlockType = Literal["basic", "bottleneck", "preact"]
-Downsample = Literal["stride", "maxpool", "avgpool", "conv"]
+BlockType = Literal["basic", "bottleneck", "preact", "mbconv", "convnext"]
+Downsample = Literal["stride", "maxpool", "avgpool", "conv", "patch"]
 Shortcut = Literal["conv_bn", "conv", "avgpool_conv_bn"]
 Pool = Literal["avg", "max", "avgmax"]
 Head = Literal["linear", "conv"]
 AutoAugment = Literal["none", "randaugment", "trivialaugment"]
+Activation = Literal["relu", "silu", "gelu"]
+Norm = Literal["batch", "layer"]
 
 BLOCK_TYPES: tuple[str, ...] = get_args(BlockType)
 DOWNSAMPLES: tuple[str, ...] = get_args(Downsample)
@@ -32,6 +35,12 @@ SHORTCUTS: tuple[str, ...] = get_args(Shortcut)
 POOLS: tuple[str, ...] = get_args(Pool)
 HEADS: tuple[str, ...] = get_args(Head)
 AUTO_AUGMENTS: tuple[str, ...] = get_args(AutoAugment)
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
+NORMS: tuple[str, ...] = get_args(Norm)
+KERNELS: tuple[int, ...] = (3, 5, 7)
+# Blocks with a wide and a narrow width whose ratio is ``expansion``; the others have none.
+EXPANDING_BLOCKS: tuple[str, ...] = ("bottleneck", "mbconv", "convnext")
+MAX_EXPANSION = 8
 
 MAX_STAGES = 4
 MAX_DEPTH = 64  # blocks per stage; deeper than any CIFAR ResNet in the literature
@@ -45,13 +54,26 @@ class GenotypeError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class Stage:
-    """A run of residual blocks at one resolution."""
+    """A run of residual blocks of one family at one resolution (``space.blocks`` builds them).
+
+    The fields after ``dropout`` came later; their defaults are the networks built before them,
+    so an older genotype (file, dict or key) means the same network.
+    """
 
     depth: int  # number of residual blocks, >= 1
     width: int  # output channels of every block in the stage
-    block: BlockType = "basic"  # basic: two 3x3 convs; bottleneck: 1x1-3x3-1x1 at width/4; preact
+    # basic: two kxk convs; bottleneck: 1x1-kxk-1x1 at width/expansion; preact: basic with the
+    # norm and activation first; mbconv: inverted residual, 1x1 up by expansion, kxk depthwise,
+    # 1x1 down; convnext: kxk depthwise, norm, 1x1 up by expansion, 1x1 down, layer scale
+    block: BlockType = "basic"
     downsample: bool = False  # halve the resolution when entering this stage
     dropout: float = 0.0  # dropout probability between the convolutions of each block
+    kernel: int = 3  # side of the spatial convolutions (the depthwise one in mbconv, convnext)
+    # wide width / narrow width: bottleneck's inner width is width // expansion (ResNet's 4),
+    # mbconv's hidden width input channels x expansion, convnext's hidden width width x expansion.
+    # basic and preact blocks have none and keep the default.
+    expansion: int = 4
+    se: float = 0.0  # squeeze-excitation: squeeze to se x width channels; 0 = off
 
     def _validate(self, where: str) -> None:
         _check_int(f"{where}.depth", self.depth, 1, MAX_DEPTH)
@@ -59,6 +81,25 @@ class Stage:
         _check_choice(f"{where}.block", self.block, BLOCK_TYPES)
         _check_bool(f"{where}.downsample", self.downsample)
         _check_prob(f"{where}.dropout", self.dropout)
+        if (
+            isinstance(self.kernel, bool)
+            or not isinstance(self.kernel, int)
+            or (self.kernel not in KERNELS)
+        ):
+            raise GenotypeError(
+                f"{where}.kernel must be one of {', '.join(map(str, KERNELS))}, "
+                f"but got {self.kernel!r}"
+            )
+        _check_int(f"{where}.expansion", self.expansion, 1, MAX_EXPANSION)
+        if self.block not in EXPANDING_BLOCKS and self.expansion != _DEFAULT_EXPANSION:
+            # Refused rather than ignored: two genotypes that build the same network must be
+            # equal, or duplicates go unnoticed.
+            raise GenotypeError(
+                f"{where}.expansion must be {_DEFAULT_EXPANSION} (unused) for a {self.block} "
+                f"block, which has no expansion, but got {self.expansion!r}; only "
+                f"{', '.join(EXPANDING_BLOCKS)} blocks take one"
+            )
+        _check_float(f"{where}.se", self.se, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -102,6 +143,9 @@ class Genotype:
     head: Head = "linear"  # classifier: linear layer, or 1x1 conv with bias
     head_dropout: float = 0.0  # dropout probability before the classifier
     augment: Augment = field(default_factory=Augment)
+    activation: Activation = "relu"  # every activation of the network, SE's inner one included
+    # every norm: BatchNorm, or LayerNorm over the channels at each pixel ("channels-first")
+    norm: Norm = "batch"
 
     def __post_init__(self) -> None:
         # Accept any sequence of stages (a list from a config, say); store a tuple so the
@@ -126,14 +170,20 @@ class Genotype:
         if not isinstance(self.augment, Augment):
             raise GenotypeError(f"augment must be an Augment, but got {self.augment!r}")
         self.augment._validate("augment")
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_choice("norm", self.norm, NORMS)
 
     # -- dict and TOML ------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (str, int, float, bool, lists, dicts) that ``from_dict`` turns back."""
+        """Plain data (str, int, float, bool, lists, dicts) that ``from_dict`` turns back.
+
+        Fields added after the first release are left out at their defaults, so an older
+        genotype's dict (and the TOML and model files made from it) stays as it was.
+        """
         out = dataclasses.asdict(self)
-        out["stages"] = [dict(s) for s in out["stages"]]
-        return out
+        out["stages"] = [_without_defaults(dict(s), _NEW_STAGE_FIELDS) for s in out["stages"]]
+        return _without_defaults(out, _NEW_GENOTYPE_FIELDS)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Genotype:
@@ -188,14 +238,25 @@ class Genotype:
 
         Layout: ``<stem>_<stage>_<stage>...~<layout>~<augment>``; ResNet-20 is
         ``S16_B3x16_B3x32s_B3x64s~stride_cbn_avg_lin_h0~p4_f1_c0_none_m9_x0_k0_l0``.
-        A stage token is the block letter (B basic, N bottleneck, P pre-activation), depth x width,
-        ``s`` when it downsamples and ``@p`` for in-block dropout p. Fields are joined with ``_``
-        and parts with ``~``, characters that no number's text contains.
+        A stage token is the block letter (B basic, N bottleneck, P pre-activation, M mbconv,
+        C convnext), depth x width, ``s`` when it downsamples, then only where they differ from
+        their defaults ``-k<kernel>``, ``-e<expansion>`` and ``-se<ratio>``, and last ``@p`` for
+        in-block dropout p: ``M2x24s-k5-e6-se0.25``. The layout part ends with the activation
+        (``silu``, ``gelu``) and ``ln`` for LayerNorm, again only where they are not the default
+        (ReLU, BatchNorm). So a genotype without the later fields keeps the key it always had.
+        Fields are joined with ``_`` and parts with ``~``, characters that no number's text
+        contains.
         """
         stem = f"S{self.stem_width}{'b' if self.stem_bias else ''}"
         stages = []
         for s in self.stages:
             token = f"{_BLOCK_LETTER[s.block]}{s.depth}x{s.width}{'s' if s.downsample else ''}"
+            if s.kernel != _DEFAULT_KERNEL:
+                token += f"-k{s.kernel}"
+            if s.expansion != _DEFAULT_EXPANSION:
+                token += f"-e{s.expansion}"
+            if s.se:
+                token += f"-se{_num(s.se)}"
             if s.dropout:
                 token += f"@{_num(s.dropout)}"
             stages.append(token)
@@ -206,6 +267,10 @@ class Genotype:
             _HEAD_CODE[self.head],
             f"h{_num(self.head_dropout)}",
         ]
+        if self.activation != "relu":
+            layout.append(self.activation)
+        if self.norm != "batch":
+            layout.append(_NORM_CODE[self.norm])
         a = self.augment
         aug = [
             f"p{a.crop_padding}",
@@ -230,19 +295,31 @@ class Genotype:
             stem_bias = stem.endswith("b")
             stages = []
             for token in stage_tokens:
-                token, _, dropout = token.partition("@")
-                downsample = token.endswith("s")
-                depth, width = token[1 : -1 if downsample else None].split("x")
+                match = _STAGE_TOKEN.fullmatch(token)
+                if match is None:
+                    raise ValueError(token)
+                letter, depth, width, ds_flag, kernel, expansion, se, dropout = match.groups()
                 stages.append(
                     Stage(
                         depth=int(depth),
                         width=int(width),
-                        block=_LETTER_BLOCK[token[0]],  # type: ignore[arg-type]
-                        downsample=downsample,
+                        block=_LETTER_BLOCK[letter],  # type: ignore[arg-type]
+                        downsample=bool(ds_flag),
                         dropout=float(dropout) if dropout else 0.0,
+                        kernel=int(kernel) if kernel else _DEFAULT_KERNEL,
+                        expansion=int(expansion) if expansion else _DEFAULT_EXPANSION,
+                        se=float(se) if se else 0.0,
                     )
                 )
-            ds, sc, pool, head, hd = layout.split("_")
+            ds, sc, pool, head, hd, *extra = layout.split("_")
+            activation, norm = "relu", "batch"
+            for token in extra:  # at most one of each, in key order
+                if token in _NON_DEFAULT_ACTIVATIONS and (activation, norm) == ("relu", "batch"):
+                    activation = token
+                elif token in _CODE_NORM and norm == "batch":
+                    norm = _CODE_NORM[token]
+                else:
+                    raise ValueError(token)
             p, f, c, auto, m, x, k, ls = aug.split("_")
             if (hd[0], p[0], f[0], c[0], m[0], x[0], k[0], ls[0]) != tuple("hpfcmxkl"):
                 raise ValueError(aug)
@@ -265,6 +342,8 @@ class Genotype:
                     cutmix_alpha=float(k[1:]),
                     label_smoothing=float(ls[1:]),
                 ),
+                activation=activation,  # type: ignore[arg-type]
+                norm=norm,  # type: ignore[arg-type]
             )
         except GenotypeError:
             raise
@@ -278,12 +357,28 @@ class Genotype:
         return dataclasses.replace(self, **changes)
 
 
-_BLOCK_LETTER = {"basic": "B", "bottleneck": "N", "preact": "P"}
+_BLOCK_LETTER = {"basic": "B", "bottleneck": "N", "preact": "P", "mbconv": "M", "convnext": "C"}
 _LETTER_BLOCK = {v: k for k, v in _BLOCK_LETTER.items()}
+# letter, depth, width, "s", then the optional -k, -e, -se and @ fields (see Genotype.key)
+_STAGE_TOKEN = re.compile(
+    r"([A-Z])([0-9]+)x([0-9]+)(s?)(?:-k([0-9]+))?(?:-e([0-9]+))?(?:-se([^@]+))?(?:@(.+))?"
+)
+_NORM_CODE = {"batch": "bn", "layer": "ln"}
+_CODE_NORM = {"ln": "layer"}  # the default, BatchNorm, has no token
+_NON_DEFAULT_ACTIVATIONS = ("silu", "gelu")
+_DEFAULT_KERNEL = 3
+_DEFAULT_EXPANSION = 4
+# Fields added after the first release: left out of to_dict at their defaults.
+_NEW_STAGE_FIELDS = {"kernel": _DEFAULT_KERNEL, "expansion": _DEFAULT_EXPANSION, "se": 0.0}
+_NEW_GENOTYPE_FIELDS = {"activation": "relu", "norm": "batch"}
 _SHORTCUT_CODE = {"conv_bn": "cbn", "conv": "c", "avgpool_conv_bn": "acbn"}
 _CODE_SHORTCUT = {v: k for k, v in _SHORTCUT_CODE.items()}
 _HEAD_CODE = {"linear": "lin", "conv": "conv"}
 _CODE_HEAD = {v: k for k, v in _HEAD_CODE.items()}
+
+
+def _without_defaults(data: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if not (k in defaults and v == defaults[k])}
 
 
 def _num(value: float) -> str:

@@ -5,29 +5,40 @@ A preset (``configs/space/*.toml``) gives, for every choice, either a list of va
 shape of a network (stages, depths, blocks, relative widths, layout, augmentation), then scales
 all widths together so that the network fills a drawn share of the parameter budget
 (``budget_fill``): trials are spent near the budget, and the share keeps some spread below it.
+An optional limit on multiply-accumulates (``max_macs``) caps the widths as well.
+
+The choices added with the mbconv and convnext blocks (``kernel``, ``expansion``, ``se``,
+``activation``, ``norm``) are optional in a preset: left out, they are not drawn and take the
+genotype's defaults, so an older preset draws, records and resumes exactly as before.
 
 ``sample`` is the only place in the project that calls ``trial.suggest_*``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from space._budget import count_params, fit_to_budget, scale_widths
+from space._budget import count, count_params, fit_to_budget, scale_widths
 from space._toml import load_toml
 from space.errors import UserError
 from space.genotype import (
+    ACTIVATIONS,
     AUTO_AUGMENTS,
     BLOCK_TYPES,
     DOWNSAMPLES,
+    EXPANDING_BLOCKS,
     HEADS,
+    KERNELS,
     MAX_DEPTH,
+    MAX_EXPANSION,
     MAX_STAGES,
     MAX_WIDTH,
+    NORMS,
     POOLS,
     SHORTCUTS,
     Augment,
@@ -35,8 +46,9 @@ from space.genotype import (
     Stage,
 )
 
-# What each drawn choice may hold: ("int", low, high), ("float", low, high), ("bool",) or
-# ("str", allowed values). Every key must appear in a preset.
+# What each drawn choice may hold: ("int", low, high), ("float", low, high), ("bool",),
+# ("str", allowed values) or ("choice", allowed numbers; a list, never a range). Every key of
+# _SCHEMA must appear in a preset; those of _OPTIONAL may, and default to the genotype's default.
 _SCHEMA: dict[str, tuple[Any, ...]] = {
     # shape
     "num_stages": ("int", 1, MAX_STAGES),
@@ -64,6 +76,13 @@ _SCHEMA: dict[str, tuple[Any, ...]] = {
     "mixup_alpha": ("float", 0.0, 10.0),
     "cutmix_alpha": ("float", 0.0, 10.0),
     "label_smoothing": ("float", 0.0, 0.5),
+}
+_OPTIONAL: dict[str, tuple[Any, ...]] = {
+    "kernel": ("choice", KERNELS),  # per stage: every spatial conv's side
+    "expansion": ("int", 1, MAX_EXPANSION),  # per stage; drawn only for blocks that have one
+    "se": ("float", 0.0, 1.0),  # per stage: squeeze-excitation ratio, 0 = off
+    "activation": ("str", ACTIVATIONS),
+    "norm": ("str", NORMS),
 }
 _SETTINGS = ("description", "fit_to_budget", "width_multiple", "params")
 
@@ -134,15 +153,18 @@ class SearchSpace:
         if not isinstance(raw, Mapping):
             raise UserError(f"search space {name!r} needs a [params] table of choices")
         for key in raw:
-            if key not in _SCHEMA:
+            if key not in _SCHEMA and key not in _OPTIONAL:
                 raise UserError(
                     f"unknown choice {key!r} in search space {name!r}; allowed: "
-                    f"{', '.join(_SCHEMA)}"
+                    f"{', '.join([*_SCHEMA, *_OPTIONAL])}"
                 )
         missing = [k for k in _SCHEMA if k not in raw]
         if missing:
             raise UserError(f"search space {name!r} lacks the choices: {', '.join(missing)}")
-        params = {key: _parse_param(f"params.{key}", raw[key], _SCHEMA[key]) for key in _SCHEMA}
+        # Required choices first, then the optional ones the preset gives: to_dict keeps this
+        # order, and an older preset's record stays as it was.
+        schema = {**_SCHEMA, **{k: v for k, v in _OPTIONAL.items() if k in raw}}
+        params = {key: _parse_param(f"params.{key}", raw[key], schema[key]) for key in schema}
         fit = data.get("fit_to_budget", True)
         if not isinstance(fit, bool):
             raise UserError(f"fit_to_budget must be true or false, but got {fit!r}")
@@ -182,6 +204,9 @@ def _parse_param(where: str, raw: Any, schema: tuple[Any, ...]) -> Param:
         if kind == "bool":
             ok = isinstance(value, bool)
             allowed = "true or false"
+        elif kind == "choice":
+            ok = not isinstance(value, bool) and value in schema[1]
+            allowed = f"one of {', '.join(map(str, schema[1]))}"
         elif kind == "str":
             ok = value in schema[1]
             allowed = f"one of {', '.join(schema[1])}"
@@ -195,14 +220,16 @@ def _parse_param(where: str, raw: Any, schema: tuple[Any, ...]) -> Param:
             )
         if not ok:
             raise UserError(f"{where} must hold {allowed}, but got {value!r}")
-        return int(value) if kind == "int" else float(value) if kind == "float" else value
+        if kind in ("int", "choice"):
+            return int(value)
+        return float(value) if kind == "float" else value
 
     if isinstance(raw, list):
         if not raw:
             raise UserError(f"{where} is an empty list; give at least one value")
         return Param(kind=kind, choices=tuple(check(v) for v in raw))
     if isinstance(raw, Mapping):
-        if kind in ("bool", "str"):
+        if kind in ("bool", "str", "choice"):
             raise UserError(f"{where} takes a list of values, not a range: got {dict(raw)!r}")
         extra = set(raw) - {"low", "high", "log", "step"}
         if extra or "low" not in raw or "high" not in raw:
@@ -229,12 +256,13 @@ def _parse_param(where: str, raw: Any, schema: tuple[Any, ...]) -> Param:
 
 @dataclass(frozen=True)
 class Sample:
-    """What ``sample`` drew: the genotype, its parameter count and the budget share aimed at."""
+    """What ``sample`` drew: the genotype, its counts and the budget share aimed at."""
 
     genotype: Genotype
     params: int
     target: int | None  # parameters the widths were scaled to fill; None without a budget
-    fitted: bool  # False when even the narrowest version of the shape is over the target
+    fitted: bool  # False when even the narrowest version of the shape is over a limit
+    macs: int = 0  # multiply-accumulates per image of sample's image_size
 
 
 def sample(
@@ -244,12 +272,16 @@ def sample(
     budget: int | None,
     num_classes: int,
     in_channels: int = 3,
+    max_macs: int | None = None,
+    image_size: int | tuple[int, int] = 32,
 ) -> Sample:
     """Draw a genotype from ``trial``: the shape, then widths scaled to fill part of the budget.
 
-    With ``budget`` None, or a space with ``fit_to_budget = false``, widths are the drawn base
-    widths. A shape that is over budget even at its narrowest comes back narrowest with
-    ``fitted`` False; the caller rejects it before building anything.
+    With ``max_macs``, the widths are also kept to at most that many multiply-accumulates on an
+    ``image_size`` image. With ``budget`` None, or a space with ``fit_to_budget = false``,
+    widths are the drawn base widths (and ``max_macs`` is the caller's to check). A shape that is
+    over a limit even at its narrowest comes back narrowest with ``fitted`` False; the caller
+    rejects it before building anything.
     """
     p = space.params
 
@@ -266,6 +298,9 @@ def sample(
             )  # type: ignore[arg-type]
         return trial.suggest_float(name, param.low, param.high, step=param.step, log=param.log)  # type: ignore[arg-type]
 
+    def draw_optional(name: str, key: str, default: Any) -> Any:
+        return draw(name, p[key]) if key in p else default
+
     num_stages = draw("num_stages", p["num_stages"])
     first_downsample = draw("first_downsample", p["first_downsample"])
     base = draw("base_width", p["base_width"])
@@ -274,17 +309,24 @@ def sample(
     for i in range(num_stages):
         if i > 0:
             width *= draw(f"s{i}_width_growth", p["width_growth"])
-        stages.append(
-            Stage(
-                depth=draw(f"s{i}_depth", p["depth"]),
-                width=max(1, round(width)),
-                block=draw(f"s{i}_block", p["block"]),
-                downsample=bool(
-                    first_downsample if i == 0 else draw(f"s{i}_downsample", p["later_downsample"])
-                ),
-                dropout=draw(f"s{i}_dropout", p["block_dropout"]),
-            )
+        stage = Stage(
+            depth=draw(f"s{i}_depth", p["depth"]),
+            width=max(1, round(width)),
+            block=draw(f"s{i}_block", p["block"]),
+            downsample=bool(
+                first_downsample if i == 0 else draw(f"s{i}_downsample", p["later_downsample"])
+            ),
+            dropout=draw(f"s{i}_dropout", p["block_dropout"]),
         )
+        # The later choices, after the first ones (the draws of an older preset stay the same).
+        kernel = draw_optional(f"s{i}_kernel", "kernel", stage.kernel)
+        expansion = (
+            draw_optional(f"s{i}_expansion", "expansion", stage.expansion)
+            if stage.block in EXPANDING_BLOCKS
+            else stage.expansion
+        )
+        se = draw_optional(f"s{i}_se", "se", stage.se)
+        stages.append(dataclasses.replace(stage, kernel=kernel, expansion=expansion, se=se))
     auto = draw("auto_augment", p["auto_augment"])
     augment = Augment(
         crop_padding=draw("crop_padding", p["crop_padding"]),
@@ -307,6 +349,8 @@ def sample(
         head=draw("head", p["head"]),
         head_dropout=draw("head_dropout", p["head_dropout"]),
         augment=augment,
+        activation=draw_optional("activation", "activation", "relu"),
+        norm=draw_optional("norm", "norm", "batch"),
     )
     target = None
     fitted = True
@@ -319,13 +363,17 @@ def sample(
             num_classes=num_classes,
             in_channels=in_channels,
             multiple=space.width_multiple,
+            max_macs=max_macs,
+            image_size=image_size,
         )
         if scaled is None:
             fitted = False
             scaled = scale_widths(genotype, 0.0, multiple=space.width_multiple)
         genotype = scaled
-    params = count_params(genotype, num_classes=num_classes, in_channels=in_channels)
-    return Sample(genotype=genotype, params=params, target=target, fitted=fitted)
+    params, macs = count(
+        genotype, num_classes=num_classes, in_channels=in_channels, image_size=image_size
+    )
+    return Sample(genotype=genotype, params=params, target=target, fitted=fitted, macs=macs)
 
 
 class _ChosenTrial:
@@ -360,21 +408,33 @@ def smallest_network(space: SearchSpace) -> int:
     (which no data set undercuts), minimised one choice at a time (coordinate descent over
     every list value and range end) until no single change gives fewer. A budget below it would
     reject every candidate untrained. Pure; a few hundred closed-form counts."""
+    return _smallest(space, lambda g: count_params(g, num_classes=2, in_channels=1))
 
-    def params(chosen: Mapping[str, Any]) -> tuple[int, dict[str, list[Any]]]:
+
+def smallest_macs(space: SearchSpace, *, image_size: int | tuple[int, int] = 32) -> int:
+    """The fewest multiply-accumulates per ``image_size`` image a network of ``space`` has, or
+    close to it, found as ``smallest_network`` finds the fewest parameters. A ``max_macs``
+    below it would reject every candidate untrained."""
+    return _smallest(
+        space, lambda g: count(g, num_classes=2, in_channels=1, image_size=image_size)[1]
+    )
+
+
+def _smallest(space: SearchSpace, cost: Callable[[Genotype], int]) -> int:
+    def measure(chosen: Mapping[str, Any]) -> tuple[int, dict[str, list[Any]]]:
         trial = _ChosenTrial(chosen)
         g = sample(trial, space, budget=None, num_classes=2, in_channels=1).genotype
         if space.fit_to_budget:
             g = scale_widths(g, 0.0, multiple=space.width_multiple)
-        return count_params(g, num_classes=2, in_channels=1), trial.options
+        return cost(g), trial.options
 
     chosen: dict[str, Any] = {}
-    best, options = params(chosen)
+    best, options = measure(chosen)
     for _ in range(4):  # passes; one or two usually settle it
         improved = False
         for name in list(options):
             for value in options[name]:
-                n, seen = params({**chosen, name: value})
+                n, seen = measure({**chosen, name: value})
                 if n < best:
                     best, chosen, improved = n, {**chosen, name: value}, True
                     options = {**seen, **options}  # names that only exist with this choice
