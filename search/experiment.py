@@ -193,16 +193,17 @@ def run_experiment(
     torch.manual_seed(experiment.train.seed)  # the initial weights
     model = build(g, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
     normalization = Normalization(dataset.mean, dataset.std)
-    # Epochs a killed run already finished, so history.csv stays whole while resuming.
-    history_rows = _read_history(out / "history.csv") if (out / "state.pt").exists() else []
+    # fit fills it, the epochs a killed run finished first (from its checkpoint): history.csv is
+    # rewritten whole after every epoch, so a kill between the checkpoint and the file loses no
+    # row, whatever the file held.
+    history = History()
 
     def after_epoch(stats: EpochStats) -> None:
-        history_rows.append(stats)
-        _write_history(out / "history.csv", history_rows)
+        _write_history(out / "history.csv", history.epochs)
         if on_epoch is not None:
             on_epoch(stats)
 
-    history: History = fit(
+    fit(
         model,
         dataset.train,
         augment=g.augment,
@@ -213,10 +214,10 @@ def run_experiment(
         eval_set=dataset.val if experiment.eval_each_epoch else None,
         on_epoch=after_epoch,
         checkpoint=out / "state.pt",
+        history=history,
         progress=progress,
         desc=experiment.name,
     )
-    _write_history(out / "history.csv", history.epochs)  # all epochs, also after a resume
 
     metrics: dict[str, Any] = {
         "name": experiment.name,
@@ -270,28 +271,6 @@ def _write_history(path: Path, epochs: list[EpochStats]) -> None:
     for e in epochs:
         writer.writerow(asdict(e))
     write_text_atomic(path, buffer.getvalue())
-
-
-def _read_history(path: Path) -> list[EpochStats]:
-    """The epochs in history.csv; none when it is missing or damaged (the full history is
-    rewritten from the training state when the run ends)."""
-    rows = []
-    try:
-        for row in csv.DictReader(io.StringIO(path.read_text())):
-            rows.append(
-                EpochStats(
-                    epoch=int(row["epoch"]),
-                    lr=float(row["lr"]),
-                    train_loss=float(row["train_loss"]),
-                    train_acc=float(row["train_acc"]),
-                    eval_acc=float(row["eval_acc"]) if row["eval_acc"] else None,
-                    images_per_s=float(row["images_per_s"]),
-                    seconds=float(row["seconds"]),
-                )
-            )
-    except (OSError, KeyError, TypeError, ValueError):
-        return []
-    return rows
 
 
 def _read_json(path: Path, fresh_flag: str) -> dict[str, Any]:

@@ -186,11 +186,13 @@ def fit(
     eval_epochs: Container[int] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     checkpoint: Path | None = None,
+    history: History | None = None,
     progress: bool = False,
     desc: str = "train",
     stop: threading.Event | None = None,
 ) -> History:
-    """Train ``model`` in place on ``train``; return the history of every epoch.
+    """Train ``model`` in place on ``train``; return the history of every epoch (``history``,
+    when given, is filled in place: resumed epochs first, then each epoch as it ends).
 
     After each epoch in ``eval_epochs`` (1-based; every epoch when None) the model is evaluated
     on ``eval_set`` (plain view, EMA weights when EMA is on), then ``on_epoch`` is called with
@@ -222,7 +224,7 @@ def fit(
     total_steps = config.epochs * steps_per_epoch
     # At most half the run: a 5-epoch warmup in a 3-epoch run would never reach the decay.
     warmup_steps = min(total_steps // 2, round(config.warmup_epochs * steps_per_epoch))
-    history = History()
+    history = History() if history is None else history  # a caller's, to read as it grows
 
     start_epoch = 0
     if checkpoint is not None and checkpoint.exists():

@@ -198,6 +198,6 @@ def test_data_the_search_refuses_leaves_nothing(
     preset = write_preset(tmp_path, data=f'source = "{tmp_path / "data"}"\nval_size = 999')
     os.environ.pop("NAS_CACHE_DIR", None)
     assert run(tmp_path, preset) == 2
-    assert "val_size" in capsys.readouterr().err
+    assert "999" in capsys.readouterr().err
     assert not (tmp_path / "results" / "campaigns" / "tiny").exists()
     assert not (tmp_path / "results" / "reference").exists()
