@@ -195,7 +195,16 @@ class Campaign:
 # A [[budgets]] entry: the budget, its references, and what may differ from one budget to the
 # next (never between the two sides of one budget): the space, the search's length, and how
 # many winners retrain for how many epochs.
-_BUDGET_KEYS = ("budget", "references", "space", "trials", "timeout", "top", "retrain_epochs")
+_BUDGET_KEYS = (
+    "budget",
+    "references",
+    "space",
+    "trials",
+    "timeout",
+    "max_macs",
+    "top",
+    "retrain_epochs",
+)
 
 
 def load_campaign(
@@ -306,7 +315,7 @@ def _budget_plan(entry: Any, *, where: str, name: str, search: Mapping[str, Any]
     stems = [p.stem for p in paths]
     if len(set(stems)) != len(stems):
         raise UserError(f"{where}: a reference appears twice ({', '.join(stems)})")
-    overrides = {k: entry[k] for k in ("space", "trials", "timeout") if k in entry}
+    overrides = {k: entry[k] for k in ("space", "trials", "timeout", "max_macs") if k in entry}
     table = {**search, **overrides}
     from_mapping(SearchConfig, table, where=where)
     # The study is named after the campaign, and the budget unless the name already says it.
@@ -971,7 +980,13 @@ def _what_the_numbers_are(c: Campaign, rows: pd.DataFrame) -> list[str]:
             f"- {format_count(b.budget)}: {done} trials{counts} of at most "
             f"{search.get('trials', SearchConfig.trials)}"
             + (f" or {search['timeout']:g} s" if search.get("timeout") else "")
-            + f", space `{search.get('space', 'default')}`; the top {c.top(b)} retrained for "
+            + f", space `{search.get('space', 'default')}`"
+            + (
+                f", at most {format_count(parse_budget(search['max_macs']))} MACs per image"
+                if search.get("max_macs") is not None
+                else ""
+            )
+            + f"; the top {c.top(b)} retrained for "
             f"{c.retrain_recipe(b).get('epochs', 200)} epochs beside "
             + ", ".join(p.stem for p in b.references)
             + "."

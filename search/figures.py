@@ -40,6 +40,7 @@ class StudyView:
     budget: int  # parameters
     trials: tuple[FrozenTrial, ...]
     max_epochs: int | None = None  # of one search trial
+    max_macs: int | None = None  # the compute budget, multiply-accumulates per image, if any
     dataset: str = ""
     # Test results of retrained trials by trial number, as search.retrain records them in the
     # study attribute "retrained" (a finished trial takes no new attribute of its own).
@@ -60,6 +61,7 @@ class StudyView:
             budget=budget,
             trials=tuple(study.get_trials(deepcopy=False)),
             max_epochs=(settings.get("train") or {}).get("epochs"),
+            max_macs=settings.get("max_macs"),
             dataset=(attrs.get("dataset") or {}).get("name", ""),
             retrained={int(k): v for k, v in (attrs.get("retrained") or {}).items()},
         )
@@ -294,6 +296,9 @@ def accuracy_figure(
             )
         if measure == "params":
             _budget_line(fig, view.budget, color=color, log_x=log_x, label=budget_text(view))
+        elif view.max_macs is not None:
+            label = f"MACs budget {format_count(view.max_macs)}"
+            _budget_line(fig, view.max_macs, color=color, log_x=log_x, label=label)
     what = "parameters" if measure == "params" else "MACs"
     any_tested = bool(references) or any(
         v.test_result(t) is not None for v in views for t in v.ranked()
@@ -336,7 +341,8 @@ def _test_custom(t: FrozenTrial, result: Mapping[str, Any]) -> list[Any]:
 
 
 def budget_text(view: StudyView) -> str:
-    return f"budget {format_count(view.budget)}"
+    macs = f", {format_count(view.max_macs)} MACs" if view.max_macs is not None else ""
+    return f"budget {format_count(view.budget)}{macs}"
 
 
 def _budget_line(fig: go.Figure, budget: int, *, color: str, log_x: bool, label: str) -> None:

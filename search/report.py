@@ -118,6 +118,7 @@ def trials_frame(views: Sequence[StudyView]) -> pd.DataFrame:
             for name, value in values.items():
                 row[name] = json.dumps(value) if isinstance(value, (list, dict)) else value
             row["params_over_budget"] = t.constraints.get("params_over_budget")
+            row["macs_over_budget"] = t.constraints.get("macs_over_budget")
             row["datetime_start"] = t.datetime_start
             row["datetime_complete"] = t.datetime_complete
             row.update(flatten_genotype(t.user_attrs.get("genotype") or {}))

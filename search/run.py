@@ -70,7 +70,7 @@ from space import format_count, parse_budget
 from space._cli import ArgumentParser
 from space._io import check_writable_folder, disk_full_message
 from space.errors import UserError
-from space.searchspace import SearchSpace, smallest_network
+from space.searchspace import SearchSpace, smallest_macs, smallest_network
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -84,6 +84,11 @@ def build_parser() -> ArgumentParser:
         ),
     )
     p.add_argument("--budget", help="parameter budget: 400k, 400_000, 4e5, 5M, 5e6 (default 5M)")
+    p.add_argument(
+        "--max-macs",
+        help="compute budget beside it: multiply-accumulates per image, e.g. 300M or 1G "
+        "(default: none)",
+    )
     p.add_argument(
         "--trials",
         type=int,
@@ -143,6 +148,7 @@ def resolve(args: argparse.Namespace, presets: Mapping[str, Mapping] | None = No
         presets = load_sections(args.config, PRESET_TABLES) if args.config else {}
     search_flags = {
         "budget": args.budget,
+        "max_macs": args.max_macs,
         "trials": args.trials,
         "timeout": args.timeout,
         "storage": args.storage,
@@ -206,6 +212,20 @@ def resolve(args: argparse.Namespace, presets: Mapping[str, Mapping] | None = No
     return Plan(search, data, train, budget, space, name, spec.url, device)
 
 
+def check_macs_floor(plan: Plan, image_size: tuple[int, int]) -> None:
+    """A MACs budget below every network of the space would reject every candidate."""
+    macs = plan.search.budget_macs
+    if macs is None:
+        return
+    floor = smallest_macs(plan.space, image_size=image_size)
+    if macs < floor:
+        raise UserError(
+            f"max_macs {macs:,} is below every network of search space {plan.space.name!r} at "
+            f"{image_size[0]}x{image_size[1]} (the smallest needs about {floor:,} MACs): every "
+            "candidate would be rejected; raise --max-macs"
+        )
+
+
 def split_for_search(
     decoded: Decoded, config: DataConfig, recorded: dict | None
 ) -> tuple[DataConfig, Dataset]:
@@ -247,6 +267,7 @@ def _main(argv: Sequence[str] | None) -> int:
         # Nothing is written (no cache, no database, no record) until the run is known to go
         # ahead: the data is decoded into memory, an existing storage only read.
         decoded = decode(plan.data.source, image_size=plan.data.image_size, progress=progress)
+        check_macs_floor(plan, tuple(decoded.train.images.shape[2:]))
         spec = parse_storage(plan.storage_url)
         storage = None
         if inspect_storage(spec) == "optuna":  # opening Optuna's own records writes nothing
@@ -264,6 +285,7 @@ def _main(argv: Sequence[str] | None) -> int:
             train=plan.train,
             min_epochs=plan.search.min_epochs,
             reduction_factor=plan.search.reduction_factor,
+            max_macs=plan.search.budget_macs,
         )
         study = open_study(storage, plan.study_name, settings, dataset)
         save_cache(decoded)
@@ -292,7 +314,12 @@ def _main(argv: Sequence[str] | None) -> int:
         finally:
             lock.close()
         print(f"study   {plan.study_name} in {spec.display}")
-        print(f"budget  {plan.budget:,} parameters; space {plan.space.name!r}")
+        macs = plan.search.budget_macs
+        print(
+            f"budget  {plan.budget:,} parameters"
+            + (f", at most {macs:,} MACs per image" if macs is not None else "")
+            + f"; space {plan.space.name!r}"
+        )
         print(f"data    {dataset.describe()}")
         print(
             f"device  {plan.device}; {plan.search.workers} worker(s); "
@@ -612,12 +639,17 @@ def _print_summary(plan: Plan, study: optuna.Study, before: set[int], started: f
         print(no_result_line(s))
     if s.best:
         print("\ntop trials (validation accuracy, feasible):")
-        print(f"  {'trial':>5}  {'val acc':>7}  {'params':>7}  {'budget':>6}  {'min':>5}  genotype")
+        print(
+            f"  {'trial':>5}  {'val acc':>7}  {'params':>7}  {'budget':>6}  {'MACs':>7}  "
+            f"{'min':>5}  genotype"
+        )
         for t in s.best:
             minutes = t.user_attrs.get("train_seconds", 0) / 60
             print(
                 f"  {t.number:>5}  {t.value:7.4f}  {format_count(t.user_attrs['params']):>7}  "
-                f"{t.user_attrs['budget_share']:6.1%}  {minutes:5.1f}  {t.user_attrs['key']}"
+                f"{t.user_attrs['budget_share']:6.1%}  "
+                f"{format_count(t.user_attrs.get('macs', 0)):>7}  {minutes:5.1f}  "
+                f"{t.user_attrs['key']}"
             )
     spec = parse_storage(plan.storage_url)
     artifacts = artifact_dir(Path(plan.search.results), plan.study_name)

@@ -76,6 +76,8 @@ class SearchConfig:
     """How to search; ``[search]`` in a preset, flags of ``python -m search.run``."""
 
     budget: str | float = "5M"  # parameter budget: 400k, 400_000, 4e5, 5M, 5e6
+    # A compute budget beside it: multiply-accumulates per image (300M, 1G); None = no limit.
+    max_macs: str | float | None = None
     trials: int = 100  # total trials of the study, counting earlier runs (rejects included)
     timeout: float | None = None  # seconds after which this run starts no new trial
     space: str = "default"  # search-space preset: a name in configs/space/ or a TOML path
@@ -96,6 +98,8 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         parse_budget(self.budget)
+        if self.max_macs is not None:
+            parse_macs(self.max_macs)
         for name in ("trials", "workers", "min_epochs", "heartbeat", "grace"):
             value = getattr(self, name)
             if value < 1:
@@ -130,6 +134,21 @@ class SearchConfig:
     @property
     def budget_params(self) -> int:
         return parse_budget(self.budget)
+
+    @property
+    def budget_macs(self) -> int | None:
+        return None if self.max_macs is None else parse_macs(self.max_macs)
+
+
+def parse_macs(text: str | int | float) -> int:
+    """``'300M'``, ``'1G'``, ``'5e8'`` -> multiply-accumulates per image."""
+    try:
+        return parse_budget(text)
+    except UserError:
+        raise SearchConfigError(
+            f"max_macs must be a whole number of multiply-accumulates per image such as 300M, "
+            f"1G or 5e8, but got {text!r}"
+        ) from None
 
 
 def _is_name(text: str) -> bool:
@@ -182,6 +201,7 @@ class SearchSettings:
     train: TrainConfig
     min_epochs: int
     reduction_factor: int
+    max_macs: int | None = None  # multiply-accumulates per image; None = no compute budget
 
     def record(self) -> dict[str, Any]:
         # The data is compared by content, not by path: machines sharing a study may keep the
@@ -189,6 +209,8 @@ class SearchSettings:
         data = {k: v for k, v in dataclasses.asdict(self.data).items() if k != "source"}
         return {
             "budget": self.budget,
+            # Recorded only when set, so that a study made before it existed still resumes.
+            **({"max_macs": self.max_macs} if self.max_macs is not None else {}),
             "space": self.space.to_dict(),
             "data": data,
             "dataset": self.dataset,
@@ -352,13 +374,15 @@ class Context:
 
 def objective(trial: optuna.Trial, ctx: Context) -> float:
     """Draw a candidate, reject it if over budget, reuse a duplicate, else train and report."""
-    ds, budget = ctx.dataset, ctx.settings.budget
+    ds, budget, max_macs = ctx.dataset, ctx.settings.budget, ctx.settings.max_macs
     drawn = sample(
         trial,
         ctx.settings.space,
         budget=budget,
         num_classes=ds.num_classes,
         in_channels=ds.in_channels,
+        max_macs=max_macs,
+        image_size=ds.image_size,
     )
     g = drawn.genotype
     params, macs = count(
@@ -370,13 +394,21 @@ def objective(trial: optuna.Trial, ctx: Context) -> float:
     trial.set_user_attr("params", params)
     trial.set_user_attr("macs", macs)
     trial.set_user_attr("budget_share", verdict.fraction)
-    with warnings.catch_warnings():  # a retry already holds its (identical) constraint
+    with warnings.catch_warnings():  # a retry already holds its (identical) constraints
         warnings.filterwarnings("ignore", message="The constraint value is ignored")
         trial.set_constraint("params_over_budget", params - budget)  # feasible when <= 0
-    if not verdict.fits:
+        if max_macs is not None:
+            trial.set_constraint("macs_over_budget", macs - max_macs)
+    over = verdict.message() if not verdict.fits else None
+    if over is None and max_macs is not None and macs > max_macs:
+        over = (
+            f"{macs:,} MACs > MACs budget {max_macs:,} "
+            f"(over by {macs - max_macs:,}, {macs / max_macs - 1:.1%})"
+        )
+    if over is not None:
         # No weight was allocated and no step trained; TPE learns from the excess.
-        trial.set_user_attr("status", f"rejected: {verdict.message()}")
-        raise optuna.TrialPruned(verdict.message())
+        trial.set_user_attr("status", f"rejected: {over}")
+        raise optuna.TrialPruned(over)
 
     twin = find_twin(ctx.study, trial.number, g.key())
     if twin is not None:
@@ -787,8 +819,9 @@ def no_result_line(s: Summary) -> str:
 
 def trial_line(t: FrozenTrial, budget: int) -> str:
     """One log line for a finished trial."""
-    params = t.user_attrs.get("params")
+    params, macs = t.user_attrs.get("params"), t.user_attrs.get("macs")
     size = f"{format_count(params):>6} ({params / budget:4.0%})" if params else " " * 13
+    size += f" {format_count(macs):>6} MACs" if macs else " " * 12
     status = t.user_attrs.get("status", t.state.name.lower())
     value = f"{t.value:.4f}" if t.value is not None else "  -   "
     seconds = t.user_attrs.get("train_seconds")
