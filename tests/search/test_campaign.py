@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from search import campaign, experiment
+from tests.conftest import ROOT
 from tests.search.searchkit import campaign_preset as write_preset
 
 REQUIRED_COLUMNS = {
@@ -201,3 +202,15 @@ def test_data_the_search_refuses_leaves_nothing(
     assert "999" in capsys.readouterr().err
     assert not (tmp_path / "results" / "campaigns" / "tiny").exists()
     assert not (tmp_path / "results" / "reference").exists()
+
+
+@pytest.mark.parametrize("preset", sorted((ROOT / "configs" / "campaign").glob("*.toml")))
+def test_the_shipped_campaign_presets_load(preset: Path, tmp_path: Path) -> None:
+    # The data is checked to exist only: a clean clone has no data/ folder.
+    plan = campaign.load_campaign(
+        preset, data=str(tmp_path), device="cpu", results=tmp_path / "results", out=None
+    )
+    campaign.check_plans(plan)
+    assert plan.retrain.seeds >= 2  # a spread to weigh the margin against
+    for b in plan.budgets:
+        assert b.references  # every budget has hand-designed networks to beat
