@@ -54,7 +54,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from search import provenance
-from search.augment import CHUNK_IMAGES, Normalization, augment_batch, augmented_batches, mix
+from search.augment import (
+    Normalization,
+    augment_batch,
+    augmented_batches,
+    batches_per_chunk,
+    mix,
+)
 from search.config import configure_torch, resolve_device
 from search.data import ImageSet, load_dataset
 from search.opcount import counting_aten_ops
@@ -421,7 +427,7 @@ def aten_ops_per_batch(data: Data, augment: Augment, batch_size: int) -> float:
     and the mixing of each of its batches, over the chunk's batches. Views count (see
     search.opcount); on a GPU each non-view operation is about one kernel launch."""
     device = data.train.images.device
-    per_chunk = max(1, CHUNK_IMAGES // batch_size)
+    per_chunk = batches_per_chunk(data.train.images, batch_size)
 
     def one_chunk() -> tuple[int, int]:
         generator = torch.Generator(device=device).manual_seed(0)

@@ -189,8 +189,17 @@ def mix(
 
 # Images augmented together by ``augmented_batches``: a chunk of several batches launches every
 # augmentation kernel once (on a GPU, small networks are bound by kernel launches), while its
-# float32 copy stays small (4096 CIFAR images: 50 MB).
+# float32 copy stays small: 4,096 CIFAR images (50 MB), fewer of larger images.
 CHUNK_IMAGES = 4096
+CHUNK_BYTES = CHUNK_IMAGES * 3 * 32 * 32 * 4
+
+
+def batches_per_chunk(
+    images: torch.Tensor, batch_size: int, chunk_images: int = CHUNK_IMAGES
+) -> int:
+    """How many batches of ``images`` (N, C, H, W) ``augmented_batches`` augments at once."""
+    image_bytes = 4 * images[0].numel()
+    return max(1, min(chunk_images, CHUNK_BYTES // image_bytes) // batch_size)
 
 
 def augmented_batches(
@@ -207,10 +216,11 @@ def augmented_batches(
     """(normalised float images, labels) of every full batch of the epoch ``order`` (an index
     tensor over ``images``, uint8 (N, C, H, W), on their device); the last partial batch is
     dropped, and an epoch shorter than one batch is one smaller batch. Each chunk of about
-    ``chunk_images`` images is augmented at once; every image is augmented independently, so the
+    ``chunk_images`` images (fewer of images larger than CIFAR's: a chunk's float32 copy stays
+    near ``CHUNK_BYTES``) is augmented at once; every image is augmented independently, so the
     chunk size changes nothing but speed."""
     steps = max(1, order.shape[0] // batch_size)
-    per_chunk = max(1, chunk_images // batch_size)
+    per_chunk = batches_per_chunk(images, batch_size, chunk_images)
     for first in range(0, steps, per_chunk):
         count = min(per_chunk, steps - first)
         index = order[first * batch_size : (first + count) * batch_size]

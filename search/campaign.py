@@ -33,13 +33,12 @@ written), 130 when interrupted (run the same command again to continue).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import shutil
 import signal
-import sqlite3
-import statistics
 import sys
 import time
 import warnings
@@ -49,14 +48,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
-import pandas as pd
 
 from search import provenance
+from search.comparison import load_study_if_any, planned_models, verdict, write_result
 from search.config import DataConfig, from_mapping
-from search.storage import open_existing_storage, parse_storage
-from search.study import SearchConfig, budget_label
+from search.data import Decoded, decode, save_cache, split, split_as_configured
+from search.retrain import RETRAIN_DEFAULTS
+from search.study import SearchConfig, budget_label, is_name, parse_macs
 from search.training import TrainConfig
-from space import Augment, Genotype, format_count, parse_budget
+from space import Augment, Genotype, parse_budget
 from space._cli import ArgumentParser
 from space._io import check_writable_folder, write_json_atomic, write_text_atomic
 from space._toml import dumps_toml, load_toml
@@ -69,31 +69,6 @@ REFERENCES = ROOT / "configs" / "reference"
 STANDARD_RECIPE = Augment(crop_padding=4, flip=True, label_smoothing=0.1)
 # [search] keys the campaign sets itself, per budget.
 OWNED_SEARCH_KEYS = ("budget", "study_name", "storage", "results", "device")
-MAX_DATABASE_BYTES = 4 * 2**20  # a study database is copied into the result up to this size
-LEADERBOARD_COLUMNS = [
-    "budget",
-    "source",
-    "name",
-    "recipe",
-    "trial",
-    "params",
-    "fits_budget",
-    "macs",
-    "val_acc",
-    "test_acc_mean",
-    "test_acc_std",
-    "test_acc_tta_mean",
-    "test_acc_tta_std",
-    "seeds",
-    "seeds_planned",
-    "epochs",
-    "train_images",
-    "test_images",
-    "tta_views",
-    "device",
-    "minutes",
-    "key",
-]
 
 
 # -- the preset -------------------------------------------------------------------------------
@@ -164,6 +139,13 @@ class Campaign:
     def top(self, b: BudgetPlan) -> int:
         return b.top if b.top is not None else self.retrain.top
 
+    def retrain_epochs(self, b: BudgetPlan) -> int:
+        return self.retrain_recipe(b).get("epochs", RETRAIN_DEFAULTS["epochs"])
+
+    def max_macs(self, b: BudgetPlan) -> int | None:
+        value = b.search.get("max_macs")
+        return None if value is None else parse_macs(value)
+
     def retrain_recipe(self, b: BudgetPlan) -> dict[str, Any]:
         """The retraining recipe's TrainConfig keys at budget ``b``."""
         recipe = dict(self.retrain_train)
@@ -226,7 +208,7 @@ def load_campaign(
     if device is not None:
         config = dataclasses.replace(config, device=device)
     name = config.name or path.stem
-    if not _is_name(name):
+    if not is_name(name):
         raise UserError(
             f"{path} [campaign] name must be letters, digits, '.', '_' or '-' (it names "
             f"folders), but got {name!r}"
@@ -309,6 +291,11 @@ def _budget_plan(entry: Any, *, where: str, name: str, search: Mapping[str, Any]
             f"{where}: references must be a list of names in configs/reference/ or TOML paths, "
             f"but got {references!r}"
         )
+    if not references:
+        raise UserError(
+            f"{where} has no references: a campaign compares the search with hand-designed "
+            'networks of the same budget; name at least one, e.g. references = ["resnet20"]'
+        )
     paths = tuple(reference_path(r) for r in references)
     for p in paths:
         Genotype.load(p)  # a broken file is refused now, not after the search
@@ -346,10 +333,6 @@ def reference_path(text: str) -> Path:
     return path
 
 
-def _is_name(text: str) -> bool:
-    return bool(text) and all(c.isalnum() or c in "._-" for c in text) and text[0] not in ".-"
-
-
 # -- the stages -------------------------------------------------------------------------------
 
 
@@ -360,6 +343,7 @@ class Log:
 
     path: Path
     sessions: list[dict[str, Any]]
+    machine: str = ""  # of this session: CPU, cores, memory, GPU
 
     @classmethod
     def open(cls, path: Path) -> Log:
@@ -375,6 +359,7 @@ class Log:
                 "started": provenance.now(),
                 "host": provenance.host(),
                 "command": provenance.command_line(),
+                "machine": self.machine,
                 "seconds": 0.0,
                 "stages": [],
             }
@@ -472,6 +457,13 @@ def run_budget(campaign: Campaign, b: BudgetPlan, log: Log, *, progress: bool) -
 
     url = campaign.storage_url(b)
     models = plan_models(campaign, b)
+    if not any(m["source"] == "search" for m in models):
+        print(
+            f"error: the search at {b.label} has no complete trial within its budget, so there is "
+            "nothing to compare; run more trials (raise trials or timeout)",
+            file=sys.stderr,
+        )
+        return 1
     write_json_atomic(campaign.study_dir(b) / "models.json", models)
     extra = [m["arch"] for m in models if m["arch"] is not None]
     retrain_preset = campaign.work / f"retrain-{b.label}.toml"
@@ -523,11 +515,20 @@ def plan_models(campaign: Campaign, b: BudgetPlan) -> list[dict[str, Any]]:
     ``--arch``, None for searched trials."""
     from search.retrain import select_trials
 
-    study = _load_study(campaign.storage_url(b), b.study)
-    winners = select_trials(study, b.budget, campaign.top(b))
+    study = load_study_if_any(campaign.storage_url(b), b.study)
+    winners = select_trials(study, b.budget, campaign.top(b)) if study is not None else []
+    # The first is the search's choice (best validation accuracy): the one the verdict weighs.
     models = [
-        {"name": c.name, "source": "search", "recipe": "own", "base": c.name, "arch": None}
-        for c in winners
+        {
+            "name": c.name,
+            "source": "search",
+            "recipe": "own",
+            "base": c.name,
+            "arch": None,
+            "chosen": i == 0,
+            "val_acc": c.val_acc,
+        }
+        for i, c in enumerate(winners)
     ]
     models += [
         {"name": p.stem, "source": "reference", "recipe": "own", "base": p.stem, "arch": str(p)}
@@ -537,6 +538,8 @@ def plan_models(campaign: Campaign, b: BudgetPlan) -> list[dict[str, Any]]:
         best = winners[0]
         folder = campaign.study_dir(b) / "recipes"
         for p in b.references:
+            if Genotype.load(p).augment == best.genotype.augment:
+                continue  # the same recipe already: its own row says it all
             name = f"{p.stem}+searched"
             path = folder / f"{name}.toml"
             Genotype.load(p).replace(augment=best.genotype.augment).save(
@@ -553,6 +556,8 @@ def plan_models(campaign: Campaign, b: BudgetPlan) -> list[dict[str, Any]]:
             )
         name = f"{best.name}+standard"
         path = folder / f"{name}.toml"
+        if best.genotype.augment == STANDARD_RECIPE:
+            return models  # it searched its way to the standard recipe: nothing to swap
         best.genotype.replace(augment=STANDARD_RECIPE).save(
             path, header=f"{best.name} of {b.study} with the standard CIFAR recipe"
         )
@@ -566,432 +571,6 @@ def plan_models(campaign: Campaign, b: BudgetPlan) -> list[dict[str, Any]]:
             }
         )
     return models
-
-
-def _load_study(url: str, name: str) -> optuna.Study:
-    _, storage = open_existing_storage(url)
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-# -- the result -------------------------------------------------------------------------------
-
-
-def collect_rows(campaign: Campaign) -> pd.DataFrame:
-    """One row per model with at least one finished seed, from the run folders themselves, so
-    that a campaign cut in the middle of a model still shows the seeds it finished."""
-    rows = []
-    for b in campaign.budgets:
-        folder = campaign.study_dir(b)
-        try:
-            models = json.loads((folder / "models.json").read_text())
-        except (OSError, ValueError):
-            continue
-        val = _validation_accuracies(campaign, b)
-        for m in models:
-            runs = []
-            for metrics_path in sorted(
-                (folder / "retrain" / m["name"]).glob("seed-*/metrics.json")
-            ):
-                try:
-                    metrics = json.loads(metrics_path.read_text())
-                except (OSError, ValueError):
-                    continue
-                if metrics.get("seed") in campaign.seeds:
-                    runs.append(metrics)
-            if runs:
-                rows.append(_row(campaign, b, m, runs, val))
-    frame = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
-    frame["trial"] = frame["trial"].astype("Int64")
-    order = {"own": 0, "standard": 1, "searched": 2}
-    if not frame.empty:
-        frame = frame.assign(_r=frame["recipe"].map(order)).sort_values(
-            ["budget", "_r", "test_acc_mean"], ascending=[True, True, False]
-        )
-        frame = frame.drop(columns="_r").reset_index(drop=True)
-    return frame
-
-
-def _row(
-    campaign: Campaign,
-    b: BudgetPlan,
-    model: Mapping[str, Any],
-    metrics: list[dict[str, Any]],
-    val: Mapping[int, float],
-) -> dict[str, Any]:
-    def mean(key: str) -> float:
-        return statistics.fmean(m[key] for m in metrics)
-
-    def spread(key: str) -> float:
-        return statistics.stdev(m[key] for m in metrics) if len(metrics) > 1 else 0.0
-
-    first = metrics[0]
-    trial = None
-    if model["base"].startswith("trial-"):
-        trial = int(model["base"].split("-", 1)[1])
-    return {
-        "budget": b.budget,
-        "source": model["source"],
-        "name": model["name"],
-        "recipe": model["recipe"],
-        "trial": trial,
-        "params": first["params"],
-        "fits_budget": first["params"] <= b.budget,
-        "macs": first["macs"],
-        "val_acc": val.get(trial) if trial is not None else None,
-        "test_acc_mean": mean("test_acc"),
-        "test_acc_std": spread("test_acc"),
-        "test_acc_tta_mean": mean("test_acc_tta"),
-        "test_acc_tta_std": spread("test_acc_tta"),
-        "seeds": len(metrics),
-        "seeds_planned": campaign.retrain.seeds,
-        "epochs": first["epochs"],
-        "train_images": first.get("train_images"),
-        "test_images": first.get("test_images"),
-        "tta_views": first["tta_views"],
-        "device": first["device"],
-        "minutes": sum(m["train_minutes"] for m in metrics),
-        "key": first["key"],
-    }
-
-
-def _validation_accuracies(campaign: Campaign, b: BudgetPlan) -> dict[int, float]:
-    study = _try_study(campaign, b)
-    if study is None:
-        return {}
-    return {t.number: t.value for t in study.get_trials(deepcopy=False) if t.value is not None}
-
-
-def _try_study(campaign: Campaign, b: BudgetPlan) -> optuna.Study | None:
-    spec = parse_storage(campaign.storage_url(b))
-    if spec.path is None or not spec.path.is_file():
-        return None
-    try:
-        return _load_study(spec.url, b.study)
-    except (UserError, KeyError):
-        return None
-
-
-def write_result(campaign: Campaign, log: Log | None) -> pd.DataFrame:
-    """Write ``results/reference/<name>/`` from whatever the campaign has finished."""
-    from search.figures import ReferencePoint, StudyView, accuracy_figure
-    from search.report import write_png
-
-    out = campaign.out
-    out.mkdir(parents=True, exist_ok=True)
-    rows = collect_rows(campaign)
-    write_text_atomic(out / "leaderboard.csv", rows.to_csv(index=False))
-    shutil.copyfile(campaign.preset, out / "campaign.toml")
-
-    views, copied = [], []
-    for b in campaign.budgets:
-        study = _try_study(campaign, b)
-        if study is None:
-            continue
-        view = StudyView.of(study)
-        if view.ranked():
-            views.append(view)
-        copy = _copy_database(campaign, b, out)
-        if copy is not None:
-            copied.append(copy.name)
-    png = None
-    if views:
-        references = [
-            ReferencePoint(
-                study=next(b.study for b in campaign.budgets if b.budget == r.budget),
-                name=r.name,
-                params=int(r.params),
-                macs=int(r.macs),
-                test_acc=float(r.test_acc_mean),
-                test_acc_std=float(r.test_acc_std),
-                seeds=int(r.seeds),
-            )
-            for r in rows.itertuples()
-            if r.source == "reference" and r.recipe == "own"
-        ]
-        figure = accuracy_figure(views, measure="params", references=references)
-        figure.update_layout(title={"text": _figure_title(campaign, views)})
-        # plotly.js from its CDN: a committed file of 50 kB instead of 4.8 MB.
-        html = figure.to_html(include_plotlyjs="cdn", full_html=True)
-        write_text_atomic(out / "pareto.html", html)
-        pngs, png = write_png({"pareto": figure}, out)
-        if pngs:
-            png = None
-    machine = provenance.machine(campaign.config.device)
-    record = {
-        "campaign": campaign.name,
-        "preset": str(campaign.preset),
-        "command": f"python -m search.campaign --config {campaign.preset}",
-        "machine": machine,
-        "versions": provenance.versions(),
-        "written": provenance.now(),
-        "wall_seconds": log.seconds() if log else None,
-        "sessions": log.sessions if log else [],
-        "databases": copied,
-    }
-    write_json_atomic(out / "campaign.json", record)
-    notes_path = out / "NOTES.md"
-    notes = notes_path.read_text() if notes_path.is_file() else ""
-    write_text_atomic(out / "README.md", readme(campaign, rows, record, log, notes=notes))
-    if png:
-        print(png)
-    return rows
-
-
-def _figure_title(campaign: Campaign, views: Sequence[Any]) -> str:
-    budgets = ", ".join(format_count(v.budget) for v in views)
-    return (
-        f"campaign {campaign.name}: searched networks and references ({budgets})<br><sup>dots: "
-        "validation accuracy in the search; stars: searched networks retrained, diamonds: "
-        "references, both test accuracy (mean over seeds)</sup>"
-    )
-
-
-def _copy_database(campaign: Campaign, b: BudgetPlan, out: Path) -> Path | None:
-    """A consistent copy of the study's database into the result, when it is small."""
-    spec = parse_storage(campaign.storage_url(b))
-    assert spec.path is not None
-    if not spec.path.is_file() or spec.path.stat().st_size > MAX_DATABASE_BYTES:
-        return None
-    target = out / spec.path.name
-    if spec.kind == "journal":
-        shutil.copyfile(spec.path, target)
-        return target
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    source = sqlite3.connect(f"file:{spec.path.resolve()}?mode=ro", uri=True)
-    copy = sqlite3.connect(tmp)
-    try:
-        source.backup(copy)
-    finally:
-        copy.close()
-        source.close()
-    tmp.replace(target)
-    return target
-
-
-# -- the README of a result --------------------------------------------------------------------
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
-
-
-def _acc(mean: float, std: float, seeds: int) -> str:
-    return f"{100 * mean:.2f}% ± {100 * std:.2f}" if seeds > 1 else f"{100 * mean:.2f}%"
-
-
-def verdict(rows: pd.DataFrame, budget: int) -> str:
-    """One paragraph: did search win at ``budget``, by how much, against the seed spread; and
-    with swapped recipes, how much of it the architecture and the recipe each explain."""
-    at = rows[rows["budget"] == budget]
-    own = at[at["recipe"] == "own"]
-    searched, refs = own[own["source"] == "search"], own[own["source"] == "reference"]
-    label = format_count(budget)
-    if searched.empty or refs.empty:
-        return f"At {label}: not finished yet (searched and reference models both needed)."
-    s = searched.sort_values("test_acc_mean", ascending=False).iloc[0]
-    r = refs.sort_values("test_acc_mean", ascending=False).iloc[0]
-    margin = s.test_acc_mean - r.test_acc_mean
-    noise = max(s.test_acc_std, r.test_acc_std)
-    seeds = int(min(s.seeds, r.seeds))
-    if seeds < 2:
-        judged = "with one seed the noise is unmeasured, so this is no verdict"
-        outcome = "ahead" if margin > 0 else "behind"
-    elif abs(margin) > 2 * noise:
-        outcome = "won" if margin > 0 else "lost"
-        judged = (
-            f"{abs(margin) / noise:.1f} times the larger seed spread"
-            if noise > 0
-            else "against a seed spread of zero"
-        )
-    else:
-        outcome = "tied"
-        judged = f"within twice the larger seed spread ({100 * noise:.2f} points)"
-    head = {
-        "won": f"**Search won at {label}.**",
-        "lost": f"**Search lost at {label}.**",
-        "tied": f"**No clear winner at {label}.**",
-        "ahead": f"**Search ahead at {label} (one seed).**",
-        "behind": f"**Search behind at {label} (one seed).**",
-    }[outcome]
-    text = (
-        f"{head} The best searched network, {s['name']} ({format_count(s.params)} parameters), "
-        f"reached {_acc(s.test_acc_mean, s.test_acc_std, int(s.seeds))} test accuracy against "
-        f"{_acc(r.test_acc_mean, r.test_acc_std, int(r.seeds))} for {r['name']} "
-        f"({format_count(r.params)}), the best reference: {100 * margin:+.2f} points, {judged} "
-        f"(mean ± standard deviation over {seeds} seeds; with so few seeds the spread itself is "
-        f"a rough estimate). With test-time augmentation: "
-        f"{_pct(s.test_acc_tta_mean)} against {_pct(r.test_acc_tta_mean)}."
-    )
-    standard = at[(at["recipe"] == "standard") & (at["source"] == "search")]
-    if not standard.empty:
-        a = standard.iloc[0]
-        arch = a.test_acc_mean - r.test_acc_mean
-        text += (
-            f" **Architecture or recipe?** {s['name']}'s architecture with the references' "
-            f"standard recipe (crop 4, flip, label smoothing 0.1) reached "
-            f"{_acc(a.test_acc_mean, a.test_acc_std, int(a.seeds))}: {100 * arch:+.2f} points "
-            f"against {r['name']} with the same recipe (the architecture's share), and "
-            f"{100 * (s.test_acc_mean - a.test_acc_mean):+.2f} points from its own searched recipe "
-            "(the recipe's share)."
-        )
-    swapped = at[at["recipe"] == "searched"]
-    if not swapped.empty:
-        parts = []
-        for x in swapped.itertuples():
-            base = own[own["name"] == x.name.split("+")[0]]
-            if not base.empty:
-                delta = x.test_acc_mean - base.iloc[0].test_acc_mean
-                parts.append(f"{x.name.split('+')[0]} {100 * delta:+.2f}")
-        if parts:
-            text += (
-                " The searched recipe on the references, against their own: "
-                + ", ".join(parts)
-                + " points."
-            )
-    return text
-
-
-def readme(
-    campaign: Campaign,
-    rows: pd.DataFrame,
-    record: Mapping[str, Any],
-    log: Log | None,
-    *,
-    notes: str,
-) -> str:
-    c = campaign
-    lines = [f"# Campaign {c.name}", ""]
-    if c.config.description:
-        lines += [c.config.description.strip(), ""]
-    for b in c.budgets:
-        lines += [verdict(rows, b.budget), ""]
-    lines += ["## Leaderboard", "", *_table(rows), ""]
-    lines += _what_the_numbers_are(c, rows)
-    if (c.out / "pareto.png").exists():
-        lines += [
-            "",
-            "![validation accuracy of the search's trials, test accuracy of the retrained "
-            "models](pareto.png)",
-            "",
-            "Dots: validation accuracy of every trial in the search (faded: pruned). Stars: the "
-            "searched networks retrained, diamonds: the references, both at their test accuracy "
-            "(mean over seeds). `pareto.html` is the interactive version.",
-        ]
-    lines += ["", "## Reproduce", ""]
-    if "cifar10-jpeg" in str(c.data["source"]):
-        lines.append("    mkdir -p data && tar xzf ../shared/data/cifar10-jpeg.tar.gz -C data")
-    lines += [
-        f"    {record['command']}",
-        "",
-        f"The preset as run is `campaign.toml`. Working files (trained models, per-study reports) "
-        f"are in `{c.work}/`. Running the command again continues where it stopped; "
-        f"`--summarize` rewrites this folder from what exists.",
-        "",
-        "## Machine, versions, time",
-        "",
-        f"- machine: {record['machine']}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()),
-    ]
-    if log is not None and log.sessions:
-        total = log.seconds() / 60
-        stages = ", ".join(
-            f"{stage} {log.seconds(stage) / 60:.1f}" for stage in ("search", "retrain", "report")
-        )
-        lines.append(
-            f"- wall time: {total:.1f} min ({stages} min) in {len(log.sessions)} session(s), "
-            f"first started {log.sessions[0]['started']}"
-        )
-    if record.get("databases"):
-        lines.append(
-            "- study database(s): "
-            + ", ".join(f"`{name}`" for name in record["databases"])
-            + " (open with optuna-dashboard or `optuna.load_study`)"
-        )
-    lines.append(f"- written {record['written']} by `python -m search.campaign`")
-    if notes.strip():
-        lines += ["", notes.strip()]
-    return "\n".join(lines) + "\n"
-
-
-def _table(rows: pd.DataFrame) -> list[str]:
-    if rows.empty:
-        return ["No model has finished retraining yet."]
-    head = (
-        "| budget | model | source | recipe | params | MACs | val acc (search) | test acc | "
-        "test acc, TTA | seeds | epochs | train images | minutes |"
-    )
-    lines = [head, "|" + " ---: |" * 2 + " --- |" * 2 + " ---: |" * 9]
-    for r in rows.itertuples():
-        seeds = f"{r.seeds}" + (f" of {r.seeds_planned}" if r.seeds < r.seeds_planned else "")
-        lines.append(
-            f"| {format_count(r.budget)} | {r.name} | {r.source} | {r.recipe} | "
-            f"{r.params:,}{'' if r.fits_budget else ' (over)'} | {format_count(r.macs)} | "
-            f"{'' if pd.isna(r.val_acc) else _pct(r.val_acc)} | "
-            f"{_acc(r.test_acc_mean, r.test_acc_std, r.seeds)} | "
-            f"{_acc(r.test_acc_tta_mean, r.test_acc_tta_std, r.seeds)} | {seeds} | {r.epochs} | "
-            f"{r.train_images:,} | {r.minutes:.1f} |"
-        )
-    return lines
-
-
-def _what_the_numbers_are(c: Campaign, rows: pd.DataFrame) -> list[str]:
-    data = DataConfig(**c.data)
-    train = TrainConfig(**c.train)
-    images = (
-        f"{c.retrain.subset} images per class of the training split"
-        if c.retrain.subset
-        else "the whole training split"
-    )
-    lines = [
-        "**What the numbers are.** Test accuracy on the whole test split"
-        + (f" ({int(rows['test_images'].iloc[0]):,} images)" if not rows.empty else "")
-        + ", measured once, after the last epoch (no epoch is chosen on the test split); mean ± "
-        "standard deviation over the seeds, the same seeds for every model. TTA: the mean "
-        "logits of flipped and shifted views. Every model of a budget trained with the same "
-        "recipe, epochs, data and seeds; `recipe` says whose augmentation it used (`own`: the "
-        "one it came with, `searched`: the best searched trial's, `standard`: crop 4, flip, "
-        "label smoothing 0.1). `val acc` is the validation accuracy the searched trial had in "
-        "its short search run.",
-        "",
-        f"**The search** ran on `{data.source}`"
-        + (f", {data.subset} training images per class" if data.subset else "")
-        + f", trials of up to {train.epochs} epochs (batch {train.batch_size}, lr {train.lr}), "
-        f"ranked on {data.val_size:,} validation images carved from the training split, Hyperband "
-        "pruning. **The retraining** used "
-        + images
-        + f" with the validation images merged back, {c.retrain.seeds} seeds per model.",
-        "",
-    ]
-    for b in c.budgets:
-        search = c.search_tables(b)["search"]
-        study = _try_study(c, b)
-        counts = ""
-        if study is not None:
-            from search.figures import StudyView
-
-            k = StudyView.of(study).counts()
-            counts = (
-                f" ({k['complete']} complete, {k['pruned']} pruned, {k['rejected']} rejected "
-                f"over budget, {k['failed']} failed)"
-            )
-        done = len(study.trials) if study is not None else 0
-        lines.append(
-            f"- {format_count(b.budget)}: {done} trials{counts} of at most "
-            f"{search.get('trials', SearchConfig.trials)}"
-            + (f" or {search['timeout']:g} s" if search.get("timeout") else "")
-            + f", space `{search.get('space', 'default')}`"
-            + (
-                f", at most {format_count(parse_budget(search['max_macs']))} MACs per image"
-                if search.get("max_macs") is not None
-                else ""
-            )
-            + f"; the top {c.top(b)} retrained for "
-            f"{c.retrain_recipe(b).get('epochs', 200)} epochs beside "
-            + ", ".join(p.stem for p in b.references)
-            + "."
-        )
-    return lines
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -1029,17 +608,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_plans(campaign)
         check_writable_folder(campaign.work)
         check_writable_folder(campaign.out)
+        if args.summarize:
+            write_result(campaign, Log.open(campaign.work / "log.json"))
+            print(f"wrote {campaign.out}/")
+            return 0
+        decoded = check_data(campaign, progress=not args.no_progress)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.summarize:
-        write_result(campaign, Log.open(campaign.work / "log.json"))
-        print(f"wrote {campaign.out}/")
-        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted before the campaign started: nothing was written", file=sys.stderr)
+        return 130
 
     fresh = not campaign.work.exists()
     campaign.work.mkdir(parents=True, exist_ok=True)
+    save_cache(decoded)  # the stages read the data from the cache
+    del decoded
     log = Log.open(campaign.work / "log.json")
+    log.machine = provenance.machine(campaign.config.device)
     log.start()
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop, like Ctrl-C
     code = 0
@@ -1050,12 +636,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 break
     except KeyboardInterrupt:
         code = 130
+    except UserError as exc:  # between the stages: a study that vanished, say
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
     finally:
         signal.signal(signal.SIGTERM, previous)
     if fresh and code == 2 and len(log.sessions[-1]["stages"]) == 1:
-        # The first search refused its input (data the checks above cannot see without
-        # decoding it, say): it said why; nothing ran, so nothing is left behind.
+        # The first search refused its input: it said why; nothing ran, so nothing is left.
         shutil.rmtree(campaign.work, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            campaign.work.parent.rmdir()  # results/campaigns, when it held nothing else
         return 2
     try:
         rows = write_result(campaign, log)
@@ -1064,7 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rows is not None:
         print(f"\ncampaign {campaign.name}: {len(rows)} model(s) in {campaign.out}/leaderboard.csv")
         for b in campaign.budgets:
-            print(verdict(rows, b.budget).replace("**", ""))
+            print(verdict(rows, b.budget, planned_models(campaign, b)).replace("**", ""))
     if code == 130:
         print("interrupted: run the same command again to continue", file=sys.stderr)
     elif code != 0:
@@ -1074,6 +664,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def check_data(campaign: Campaign, *, progress: bool) -> Decoded:
+    """Decode the data once (nothing is written) and check what only the images tell: every
+    budget's ``max_macs`` against its space at this image size, and that the search's and the
+    retraining's splits can be made. Returns the decoded data, to cache once the campaign goes
+    ahead, so that its stages read it from there."""
+    from search import run as search_run
+
+    data = DataConfig(**campaign.data)
+    decoded = decode(data.source, image_size=data.image_size, progress=progress)
+    image_size = tuple(decoded.train.images.shape[2:])
+    parser = search_run.build_parser()
+    for b in campaign.budgets:
+        plan = search_run.resolve(parser.parse_args([]), presets=campaign.search_tables(b))
+        search_run.check_macs_floor(plan, image_size)
+    split_as_configured(decoded, data)
+    split(decoded, val_size=0, subset=campaign.retrain.subset, seed=data.split_seed)
+    return decoded
 
 
 def check_plans(campaign: Campaign) -> None:

@@ -218,6 +218,8 @@ def run_experiment(
         progress=progress,
         desc=experiment.name,
     )
+    # Once more: a run killed after its last checkpoint trains no epoch when resumed.
+    _write_history(out / "history.csv", history.epochs)
 
     metrics: dict[str, Any] = {
         "name": experiment.name,

@@ -120,7 +120,7 @@ class SearchConfig:
             raise SearchConfigError(
                 f"grace ({self.grace} s) must be longer than heartbeat ({self.heartbeat} s)"
             )
-        if self.study_name is not None and not _is_name(self.study_name):
+        if self.study_name is not None and not is_name(self.study_name):
             raise SearchConfigError(
                 "study_name must be letters, digits, '.', '_' or '-' (it names files), "
                 f"but got {self.study_name!r}"
@@ -151,7 +151,8 @@ def parse_macs(text: str | int | float) -> int:
         ) from None
 
 
-def _is_name(text: str) -> bool:
+def is_name(text: str) -> bool:
+    """Whether ``text`` can name a study and its files: letters, digits, '.', '_', '-'."""
     return bool(text) and all(c.isalnum() or c in "._-" for c in text) and text[0] not in ".-"
 
 
@@ -475,9 +476,9 @@ def objective(trial: optuna.Trial, ctx: Context) -> float:
         if epochs:
             trial.set_user_attr("images_per_s", sum(e.images_per_s for e in epochs) / len(epochs))
     del model
+    if ctx.device.type == "cuda":  # give the freed blocks back: other workers may share the GPU
+        torch.cuda.empty_cache()
     if out_of_memory is not None:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
         trial.set_user_attr("status", f"failed: CUDA out of memory ({out_of_memory[:200]})")
         raise torch.cuda.OutOfMemoryError(out_of_memory)  # Optuna marks the trial failed
     if pruned is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Container
@@ -247,124 +248,146 @@ def fit(
         "cuda", dtype=torch.bfloat16, enabled=cuda and config.bf16, cache_enabled=not graph
     )
 
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        started = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"{desc} {epoch + 1}/{config.epochs}",
-            unit="step",
-            disable=not progress,
-            leave=False,
-            dynamic_ncols=True,
-        )
-        lr = 0.0
-        try:
-            order = torch.randperm(len(train), generator=generator, device=device)
-            loader = augmented_batches(
-                images,
-                labels,
-                order,
-                batch_size=config.batch_size,
-                augment=augment,
-                normalization=normalization,
-                generator=generator,
+    captured = False  # whether model.forward is the graphed one
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            model.train()
+            started = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.int64)
+            seen = 0
+            bar = tqdm(
+                total=steps_per_epoch,
+                desc=f"{desc} {epoch + 1}/{config.epochs}",
+                unit="step",
+                disable=not progress,
+                leave=False,
+                dynamic_ncols=True,
             )
-            for i, (x, y) in enumerate(loader):
-                if stop is not None and stop.is_set():
-                    raise KeyboardInterrupt
-                step = epoch * steps_per_epoch + i
-                lr = lr_at(step, total_steps=total_steps, warmup_steps=warmup_steps, peak=config.lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x, targets = mix(x, y, augment, num_classes, generator)
-                if cuda and config.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                if graph and step_model is model:  # the first step: capture, once per run
-                    step_model = _graphed(model, x, autocast)
-                with autocast:
-                    logits = step_model(x)
-                    loss = F.cross_entropy(logits.float(), targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if ema is not None:
-                    ema.update(model)
-                loss_sum += loss.detach()
-                correct += (logits.argmax(1) == targets.argmax(1)).sum()
-                seen += x.shape[0]
-                bar.update(1)
-                if (i + 1) % SYNC_EVERY == 0:  # one host sync for both running figures
-                    total_loss, total_correct = torch.stack([loss_sum, correct.float()]).tolist()
-                    mean_loss = total_loss / (i + 1)
-                    _check_finite(mean_loss, epoch, i)
-                    bar.set_postfix(
-                        loss=f"{mean_loss:.3f}",
-                        acc=f"{total_correct / seen:.3f}",
-                        img_s=f"{seen / (time.perf_counter() - started):.0f}",
-                        lr=f"{lr:.3g}",
-                    )
-            mean_loss = loss_sum.item() / steps_per_epoch  # waits for the GPU: end of the epoch
-            _check_finite(mean_loss, epoch, steps_per_epoch - 1)
-            train_seconds = time.perf_counter() - started
-            eval_model = ema.model if ema is not None else model
-            eval_acc = (
-                evaluate(
-                    eval_model,
-                    eval_set,
+            lr = 0.0
+            try:
+                order = torch.randperm(len(train), generator=generator, device=device)
+                loader = augmented_batches(
+                    images,
+                    labels,
+                    order,
+                    batch_size=config.batch_size,
+                    augment=augment,
                     normalization=normalization,
-                    config=config,
-                    device=device,
-                    views=1,
-                )[0]
-                if eval_set is not None and (eval_epochs is None or epoch + 1 in eval_epochs)
-                else None
-            )
-            stats = EpochStats(
-                epoch=epoch + 1,
-                lr=lr,
-                train_loss=mean_loss,
-                train_acc=correct.item() / seen,
-                eval_acc=eval_acc,
-                images_per_s=seen / train_seconds,
-                seconds=time.perf_counter() - started,
-            )
-            bar.set_postfix(
-                loss=f"{stats.train_loss:.3f}",
-                acc=f"{stats.train_acc:.3f}",
-                **({"val": f"{eval_acc:.3f}"} if eval_acc is not None else {}),
-                img_s=f"{stats.images_per_s:.0f}",
-            )
-        finally:
-            bar.close()
-        history.epochs.append(stats)
-        if checkpoint is not None:
-            _save_state(checkpoint, config, model, optimizer, ema, generator, history, cuda, device)
-        if on_epoch is not None:
-            on_epoch(stats)
+                    generator=generator,
+                )
+                for i, (x, y) in enumerate(loader):
+                    if stop is not None and stop.is_set():
+                        raise KeyboardInterrupt
+                    step = epoch * steps_per_epoch + i
+                    lr = lr_at(
+                        step, total_steps=total_steps, warmup_steps=warmup_steps, peak=config.lr
+                    )
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    x, targets = mix(x, y, augment, num_classes, generator)
+                    if cuda and config.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    if graph and not captured:  # the first step: capture, once per run
+                        graph = captured = _capture_graph(model, x, autocast)
+                    with autocast:
+                        logits = step_model(x)
+                        loss = F.cross_entropy(logits.float(), targets)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    if ema is not None:
+                        ema.update(model)
+                    loss_sum += loss.detach()
+                    correct += (logits.argmax(1) == targets.argmax(1)).sum()
+                    seen += x.shape[0]
+                    bar.update(1)
+                    if (i + 1) % SYNC_EVERY == 0:  # one host sync for both running figures
+                        figures = torch.stack([loss_sum, correct.float()]).tolist()
+                        total_loss, total_correct = figures
+                        mean_loss = total_loss / (i + 1)
+                        _check_finite(mean_loss, epoch, i)
+                        bar.set_postfix(
+                            loss=f"{mean_loss:.3f}",
+                            acc=f"{total_correct / seen:.3f}",
+                            img_s=f"{seen / (time.perf_counter() - started):.0f}",
+                            lr=f"{lr:.3g}",
+                        )
+                mean_loss = loss_sum.item() / steps_per_epoch  # waits for the GPU: end of the epoch
+                _check_finite(mean_loss, epoch, steps_per_epoch - 1)
+                train_seconds = time.perf_counter() - started
+                eval_model = ema.model if ema is not None else model
+                eval_acc = (
+                    evaluate(
+                        eval_model,
+                        eval_set,
+                        normalization=normalization,
+                        config=config,
+                        device=device,
+                        views=1,
+                    )[0]
+                    if eval_set is not None and (eval_epochs is None or epoch + 1 in eval_epochs)
+                    else None
+                )
+                stats = EpochStats(
+                    epoch=epoch + 1,
+                    lr=lr,
+                    train_loss=mean_loss,
+                    train_acc=correct.item() / seen,
+                    eval_acc=eval_acc,
+                    images_per_s=seen / train_seconds,
+                    seconds=time.perf_counter() - started,
+                )
+                bar.set_postfix(
+                    loss=f"{stats.train_loss:.3f}",
+                    acc=f"{stats.train_acc:.3f}",
+                    **({"val": f"{eval_acc:.3f}"} if eval_acc is not None else {}),
+                    img_s=f"{stats.images_per_s:.0f}",
+                )
+            finally:
+                bar.close()
+            history.epochs.append(stats)
+            if checkpoint is not None:
+                _save_state(
+                    checkpoint, config, model, optimizer, ema, generator, history, cuda, device
+                )
+            if on_epoch is not None:
+                on_epoch(stats)
 
+    finally:
+        if captured:
+            # The graphed forward (an attribute of the instance) holds the graph and a reference
+            # back to the model: drop it, so the model's class forward is back and nothing
+            # keeps the trial's memory alive once the caller lets the model go.
+            vars(model).pop("forward", None)
     if ema is not None:
         model.load_state_dict(ema.model.state_dict())
     return history
 
 
-def _graphed(model: nn.Module, x: torch.Tensor, autocast: torch.autocast) -> nn.Module:
-    """``model`` with its training forward and backward captured in a CUDA graph for inputs
-    shaped like ``x`` (``torch.cuda.make_graphed_callables``; eval mode runs eagerly).
+def _capture_graph(model: nn.Module, x: torch.Tensor, autocast: torch.autocast) -> bool:
+    """Replace ``model``'s training forward (and its backward) by a CUDA graph captured for
+    inputs shaped like ``x`` (``torch.cuda.make_graphed_callables`` patches ``model.forward``;
+    eval mode still runs eagerly). True when captured; on failure (a network the capture cannot
+    take) one line says so and training goes on eagerly.
 
     The capture's warm-up passes run the model in training mode on ``x``, which would move the
     BatchNorm running statistics: they are put back, so capturing changes no state.
     """
     buffers = [b.detach().clone() for b in model.buffers()]
-    with autocast:
-        graphed = torch.cuda.make_graphed_callables(model, (x,))
+    try:
+        with autocast:
+            torch.cuda.make_graphed_callables(model, (x,))
+        captured = True
+    except Exception as exc:  # an op the capture cannot take; eager training still works
+        vars(model).pop("forward", None)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        tqdm.write(f"cuda_graph: capture failed ({first}); training eagerly", file=sys.stderr)
+        captured = False
     with torch.no_grad():
         for b, saved in zip(model.buffers(), buffers, strict=True):
             b.copy_(saved)
-    return graphed
+    return captured
 
 
 def _check_finite(mean_loss: float, epoch: int, step: int) -> None:
@@ -476,8 +499,8 @@ def predict_logits(
 ) -> torch.Tensor:
     """(views, N, classes) float32 logits of uint8 (N, C, H, W) ``images``, one per TTA view.
 
-    Every batch has the same size (the last one padded with blank images whose logits are
-    dropped; the model is in eval mode, so images do not affect each other): cuDNN picks its
+    On CUDA every batch has the same size (the last one padded with blank images whose logits
+    are dropped; the model is in eval mode, so images do not affect each other): cuDNN picks its
     kernels for one shape, not two.
     """
     cuda = device.type == "cuda"
@@ -488,7 +511,7 @@ def predict_logits(
     for start in range(0, n, batch):
         chunk = images[start : start + batch].to(device)
         real = chunk.shape[0]
-        if real < batch:
+        if cuda and real < batch:
             chunk = torch.cat([chunk, chunk.new_zeros((batch - real, *chunk.shape[1:]))])
         x = normalization.apply(chunk.float() / 255)
         if cuda and config.channels_last:

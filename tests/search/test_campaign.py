@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search import campaign, experiment
+from search import campaign, comparison, experiment
+from space import Genotype
 from tests.conftest import ROOT
 from tests.search.searchkit import campaign_preset as write_preset
 
@@ -125,22 +126,70 @@ def test_summarize_writes_the_result_from_what_exists(tmp_path: Path) -> None:
     assert "not finished yet" in (tmp_path / "results/reference/tiny/README.md").read_text()
 
 
-def test_verdict_weighs_the_margin_against_the_seed_spread() -> None:
-    def rows(search: float, reference: float, std: float) -> pd.DataFrame:
-        base = {"budget": 400_000, "recipe": "own", "seeds": 2, "params": 300_000}
-        return pd.DataFrame(
-            [
-                {**base, "source": "search", "name": "trial-3", "test_acc_mean": search,
-                 "test_acc_std": std, "test_acc_tta_mean": search},
-                {**base, "source": "reference", "name": "resnet20", "test_acc_mean": reference,
-                 "test_acc_std": std, "test_acc_tta_mean": reference},
-            ]
-        )  # fmt: skip
+def _rows(search: float, reference: float, std: float, **extra: dict) -> pd.DataFrame:
+    base = {"budget": 400_000, "recipe": "own", "seeds": 2, "seeds_planned": 2}
+    base |= {"params": 300_000, "macs": 40_000_000}
+    rows = [
+        {**base, "source": "search", "name": "trial-3", "chosen": True, "val_acc": 0.6,
+         "test_acc_mean": search, "test_acc_std": std, "test_acc_tta_mean": search},
+        {**base, "source": "reference", "name": "resnet20", "chosen": False, "val_acc": None,
+         "test_acc_mean": reference, "test_acc_std": std, "test_acc_tta_mean": reference},
+    ]  # fmt: skip
+    for name, row in extra.items():
+        rows.append({**base, "name": name, **row})
+    return pd.DataFrame(rows)
 
-    assert "Search won" in campaign.verdict(rows(0.70, 0.65, 0.01), 400_000)
-    assert "Search lost" in campaign.verdict(rows(0.60, 0.65, 0.01), 400_000)
-    tied = campaign.verdict(rows(0.66, 0.65, 0.01), 400_000)
+
+def test_verdict_weighs_the_margin_against_the_seed_spread() -> None:
+    assert "Search won" in comparison.verdict(_rows(0.70, 0.65, 0.01), 400_000)
+    assert "Search lost" in comparison.verdict(_rows(0.60, 0.65, 0.01), 400_000)
+    tied = comparison.verdict(_rows(0.66, 0.65, 0.01), 400_000)
     assert "No clear winner" in tied and "+1.00 points" in tied
+
+
+def test_verdict_pools_the_spread_over_the_budgets_models() -> None:
+    # Two models agreeing by chance across their two seeds say little about the noise: the
+    # spread is pooled over every model of the budget (same seeds), here mostly 3 points.
+    noisy = {
+        f"ref{i}": {"source": "reference", "recipe": "own", "chosen": False,
+                    "test_acc_mean": 0.5, "test_acc_std": 0.03, "test_acc_tta_mean": 0.5}
+        for i in range(4)
+    }  # fmt: skip
+    text = comparison.verdict(_rows(0.66, 0.65, 0.0001, **noisy), 400_000)
+    assert "No clear winner" in text and "6 models" in text and "6 degrees of freedom" in text
+    assert comparison.pooled_spread(_rows(0.66, 0.65, 0.02))[0] == pytest.approx(0.02)
+
+
+def test_verdict_headlines_the_searchs_choice_not_the_test_splits() -> None:
+    # trial-5 did better on the test split, but the search chose trial-3 (validation): the
+    # verdict is about trial-3, so the test split picks nothing.
+    other = {
+        "trial-5": {
+            "source": "search",
+            "recipe": "own",
+            "chosen": False,
+            "val_acc": 0.55,
+            "test_acc_mean": 0.80,
+            "test_acc_std": 0.01,
+            "test_acc_tta_mean": 0.8,
+        }
+    }
+    text = comparison.verdict(_rows(0.60, 0.65, 0.01, **other), 400_000)
+    assert "Search lost" in text and "trial-3" in text and "trial-5" not in text
+
+
+def test_a_partial_budget_gets_no_verdict() -> None:
+    planned = [{"name": "trial-3"}, {"name": "resnet20"}, {"name": "resnet32"}]
+    text = comparison.verdict(_rows(0.70, 0.65, 0.01), 400_000, planned)
+    assert text.startswith("**Partial result at 400k**") and "won" not in text
+    short = _rows(0.70, 0.65, 0.01)
+    short.loc[1, "seeds"] = 1
+    assert "Partial" in comparison.verdict(short, 400_000, planned[:2])
+    assert "won" in comparison.verdict(_rows(0.70, 0.65, 0.01), 400_000, planned[:2])
+
+
+def test_without_swapped_recipes_the_verdict_says_the_margin_mixes_both() -> None:
+    assert "mixes architecture and recipe" in comparison.verdict(_rows(0.7, 0.65, 0.01), 400_000)
 
 
 @pytest.mark.parametrize(
@@ -176,8 +225,18 @@ def test_bad_presets_get_one_line_and_leave_nothing(
         ('[[budgets]]\nbudget = "20k"\nreferences = ["no-such-net"]\n', "no-such-net"),
         ('[[budgets]]\nbudget = "20k"\nreferences = "resnet20"\n', "must be a list"),
         ('[[budgets]]\nbudget = "20k"\nepochs = 3\n', "unknown key 'epochs'"),
-        ('[[budgets]]\nbudget = "20k"\n[[budgets]]\nbudget = "2e4"\n', "appears twice"),
-        ('[[budgets]]\nbudget = "10"\n', "below every network"),
+        ('[[budgets]]\nbudget = "20k"\nreferences = []\n', "has no references"),
+        ('[[budgets]]\nbudget = "20k"\ntop = 0\nreferences = ["resnet20"]\n', "top must be"),
+        (
+            '[[budgets]]\nbudget = "20k"\nreferences = ["resnet20"]\n'
+            '[[budgets]]\nbudget = "2e4"\nreferences = ["resnet20"]\n',
+            "appears twice",
+        ),
+        ('[[budgets]]\nbudget = "10"\nreferences = ["resnet20"]\n', "below every network"),
+        (
+            '[[budgets]]\nbudget = "20k"\nmax_macs = "1k"\nreferences = ["resnet20"]\n',
+            "below every network",
+        ),
     ],
 )
 def test_bad_budget_entries(
@@ -214,3 +273,9 @@ def test_the_shipped_campaign_presets_load(preset: Path, tmp_path: Path) -> None
     assert plan.retrain.seeds >= 2  # a spread to weigh the margin against
     for b in plan.budgets:
         assert b.references  # every budget has hand-designed networks to beat
+
+
+def test_the_standard_recipe_is_the_references_own() -> None:
+    # Swapped recipes train a searched network "with the references' recipe": it must be theirs.
+    for path in sorted((ROOT / "configs" / "reference").glob("*.toml")):
+        assert Genotype.load(path).augment == campaign.STANDARD_RECIPE, path.name

@@ -86,7 +86,9 @@ def test_a_pruned_trial_frees_its_model_without_the_garbage_collector(
         gc.enable()
 
 
-def test_evaluation_uses_one_batch_shape_and_the_same_logits() -> None:
+def _spy_predict(device: torch.device) -> tuple[list[tuple[int, ...]], torch.Tensor, bool]:
+    """Shapes the model saw, and whether predict_logits gave its own logits, for 23 images at
+    an evaluation batch of 10 on ``device``."""
     shapes: list[tuple[int, ...]] = []
 
     class Spy(torch.nn.Module):
@@ -98,19 +100,32 @@ def test_evaluation_uses_one_batch_shape_and_the_same_logits() -> None:
             shapes.append(tuple(x.shape))
             return self.linear(x.flatten(1))
 
-    model = Spy()
+    model = Spy().to(device)
     images = torch.randint(0, 256, (23, 3, 4, 4), dtype=torch.uint8)
     norm = search.augment.Normalization(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    config = TrainConfig(eval_batch_size=10)
+    config = TrainConfig(eval_batch_size=10, bf16=False, channels_last=False)
     logits = predict_logits(
-        model, images, normalization=norm, config=config, device=torch.device("cpu"), views=2
+        model, images, normalization=norm, config=config, device=device, views=2
     )
-    assert {s[0] for s in shapes} == {10}  # 10, 10, then 3 padded to 10
-    assert logits.shape == (2, 23, 5)
-    x = norm.apply(images.float() / 255)
+    x = norm.apply(images.float().to(device) / 255)
     with torch.no_grad():
-        assert torch.allclose(logits[0], model(x), atol=1e-6)  # padding changes nothing
-        assert torch.allclose(logits[1], model(x.flip(3)), atol=1e-6)
+        same = torch.allclose(logits[0], model(x), atol=1e-5) and torch.allclose(
+            logits[1], model(x.flip(3)), atol=1e-5
+        )
+    return shapes[:-2], logits, same  # without the two reference calls above
+
+
+def test_evaluation_gives_each_images_own_logits() -> None:
+    shapes, logits, same = _spy_predict(torch.device("cpu"))
+    assert logits.shape == (2, 23, 5) and same
+    assert [s[0] for s in shapes] == [10, 10, 10, 10, 3, 3]  # no padding off the GPU
+
+
+@pytest.mark.gpu
+def test_evaluation_on_cuda_uses_one_batch_shape() -> None:
+    shapes, logits, same = _spy_predict(torch.device("cuda"))
+    assert {s[0] for s in shapes} == {10} and same  # 10, 10, then 3 padded to 10
+    assert logits.shape == (2, 23, 5)
 
 
 def test_a_study_from_before_a_training_setting_existed_resumes(tmp_path) -> None:
