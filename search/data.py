@@ -340,9 +340,10 @@ def decode(
 
 
 def save_cache(decoded: Decoded) -> None:
-    """Write the cache of freshly decoded data (nothing for data read from the cache, or
-    cached already: the name holds the content's key)."""
-    if decoded.cache is None or decoded.cache.is_file():
+    """Write the cache of freshly decoded data (nothing for data read from the cache). A cache
+    file that exists although the data was decoded afresh could not be read (damaged, or of
+    another torch): it is replaced, atomically."""
+    if decoded.cache is None:
         return
     payload = {
         "format": CACHE_FORMAT,
@@ -463,9 +464,11 @@ def _list_folder(root: Path) -> list[_File]:
 
 def _image_files(folder: Path) -> list[Path]:
     """The entries of a class folder named like images, each checked to be a regular file (or
-    a link to one) before anything opens it: reading a named pipe would wait for ever."""
+    a link to one) before anything opens it: reading a named pipe would wait for ever. macOS's
+    AppleDouble files (``._name.png``, metadata a copy from a Mac leaves) are no images."""
     found = []
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    named = (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    for path in sorted(p for p in named if not p.name.startswith("._")):
         mode = _mode(path, what="image")
         if not stat.S_ISREG(mode):
             raise UserError(
@@ -529,7 +532,11 @@ def _list_tarball(path: Path) -> list[_File]:
                 is_class_folder = len(parts) >= 2 and parts[-2] in ("train", "test")
                 if member.isdir() and is_class_folder and not parts[-1].startswith("."):
                     folders.add((parts[-2], parts[-1]))
-                if not member.isfile() or not member.name.lower().endswith(IMAGE_SUFFIXES):
+                if (
+                    not member.isfile()
+                    or not member.name.lower().endswith(IMAGE_SUFFIXES)
+                    or parts[-1].startswith("._")  # a Mac's AppleDouble metadata, no image
+                ):
                     continue
                 if len(parts) < 3 or parts[-3] not in ("train", "test"):
                     continue

@@ -29,13 +29,14 @@ import optuna
 SHARE = 0.02  # the most of the search's wall time that publishing may take
 
 
-def publish_front(study: optuna.Study) -> None:
+def publish_front(study: optuna.Study, *, ended: bool = False) -> None:
     """Put the study's Pareto figure and summary note where optuna-dashboard shows them."""
     from search.figures import StudyView, accuracy_figure
     from search.report import note_markdown, publish
 
     view = StudyView.of(study)
-    note = note_markdown(view, written_by="python -m search.run, while it runs")
+    when = "when it stopped" if ended else "while it runs"
+    note = note_markdown(view, written_by=f"python -m search.run, {when}")
     publish(study, accuracy_figure([view], measure="params"), note)
 
 
@@ -52,7 +53,8 @@ class LiveFront:
         publisher: Callable[[optuna.Study], None] | None = None,
     ) -> None:
         self.study = study
-        self.publisher = publisher or publish_front
+        self.ended = False  # finish() was called: the note no longer says "while it runs"
+        self.publisher = publisher or (lambda s: publish_front(s, ended=self.ended))
         self.share = share
         self.journal = journal  # the study's journal file, when it is stored in one
         self.clock = clock
@@ -80,6 +82,7 @@ class LiveFront:
 
     def finish(self) -> None:
         """Call when the search ends or is interrupted: publishes what it has not yet."""
+        self.ended = True
         if self._pending or self.published == 0:
             self.publish()
 

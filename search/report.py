@@ -25,6 +25,7 @@ nothing created).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -52,7 +53,7 @@ from search.figures import (
 )
 from search.storage import StorageSpec, open_existing_storage
 from search.study import is_rejected
-from space import format_count
+from space import Genotype, format_count
 from space._cli import ArgumentParser
 from space._io import check_writable_folder, disk_full_message, write_text_atomic
 from space.errors import UserError
@@ -81,6 +82,15 @@ _TRIAL_COLUMNS = (
     "device",
     "key",
 )
+
+
+def _whole_genotype(recorded: dict[str, Any]) -> dict[str, Any]:
+    """Every field of a recorded genotype, those at their defaults too (a genotype's dict leaves
+    them out), so that a column of trials.csv is never blank for a default value."""
+    try:
+        return dataclasses.asdict(Genotype.from_dict(recorded))
+    except UserError:  # a record this version cannot read: shown as it is
+        return recorded
 
 
 def flatten_genotype(genotype: dict[str, Any]) -> dict[str, Any]:
@@ -121,7 +131,7 @@ def trials_frame(views: Sequence[StudyView]) -> pd.DataFrame:
             row["macs_over_budget"] = t.constraints.get("macs_over_budget")
             row["datetime_start"] = t.datetime_start
             row["datetime_complete"] = t.datetime_complete
-            row.update(flatten_genotype(t.user_attrs.get("genotype") or {}))
+            row.update(flatten_genotype(_whole_genotype(t.user_attrs.get("genotype") or {})))
             rows.append(row)
     return pd.DataFrame(rows)
 

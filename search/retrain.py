@@ -23,7 +23,6 @@ interrupted.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import statistics
@@ -515,8 +514,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         if study is not None and lock is not None:
-            with contextlib.suppress(Exception):  # a full disk: the results are in the files
+            try:
                 record_in_study(study, lock, summaries)
+            except Exception as exc:  # the results are in the files; the study note can wait
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                print(
+                    f"test accuracies not recorded in the study ({type(exc).__name__}: {first}); "
+                    "the leaderboard and run folders hold them, and the next retrain records them",
+                    file=sys.stderr,
+                )
             lock.close()
     print_table(summaries)
     print(f"\nleaderboard: {out / 'leaderboard.csv'}")

@@ -221,8 +221,8 @@ def check_macs_floor(plan: Plan, image_size: tuple[int, int]) -> None:
     if macs < floor:
         raise UserError(
             f"max_macs {macs:,} is below every network of search space {plan.space.name!r} at "
-            f"{image_size[0]}x{image_size[1]} (the smallest needs about {floor:,} MACs): every "
-            "candidate would be rejected; raise --max-macs"
+            f"{image_size[0]}x{image_size[1]} that a search for the smallest finds (about "
+            f"{floor:,} MACs): every candidate would be rejected; raise --max-macs"
         )
 
 

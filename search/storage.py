@@ -80,6 +80,14 @@ def parse_storage(url: str) -> StorageSpec:
             if not rest or rest.endswith("/") or rest == ":memory:":
                 raise UserError(f"--storage {url!r} names no file; expected {_EXPECTED}")
             path = Path(rest)  # "sqlite:////abs" leaves "/abs": absolute
+            odd = sorted({c for c in rest if c in "?#%"})
+            if kind == "sqlite" and odd:
+                # SQLAlchemy reads an SQLite URL's path as a URL's: it cuts it at '?' or '#'
+                # and decodes '%xx', so the database would land in another file.
+                raise UserError(
+                    f"--storage {url!r}: an SQLite path cannot hold {' '.join(map(repr, odd))} "
+                    "(the URL would name another file); rename the folder or file"
+                )
             return StorageSpec(url=f"{prefix}{rest}", kind=kind, path=path)  # type: ignore[arg-type]
     if text.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
         rest = text.split("://", 1)[1]
@@ -169,8 +177,12 @@ def _inspect_database(spec: StorageSpec) -> State:
 
     if spec.kind == "sqlite":
         assert spec.path is not None
-        # Read-only: opening the file this way creates nothing, not even a missing file.
-        url = f"sqlite:///file:{spec.path.resolve()}?mode=ro&uri=true"
+        # Read-only: opening the file this way creates nothing, not even a missing file. But a
+        # writer killed mid-transaction leaves a hot journal that only a writable connection
+        # can roll back (to the last committed state, which changes no finished record).
+        hot = spec.path.with_name(spec.path.name + "-journal").exists()
+        mode = "rw" if hot else "ro"
+        url = f"sqlite:///file:{spec.path.resolve()}?mode={mode}&uri=true"
         connect_args: dict = {"timeout": _SQLITE_WAIT}
     else:
         url, connect_args = spec.url, {"connect_timeout": 10}
@@ -220,6 +232,16 @@ def database_error(spec: StorageSpec, exc: Exception, *, connecting: bool = Fals
     return f"{where}: cannot read it as an SQLite database ({reason})"
 
 
+def _empty_optuna_tables(connection: Any, tables: set[str], ours: Any) -> bool:
+    """Whether every table of Optuna's schema is there and no study was written yet."""
+    import sqlalchemy
+
+    if not set(ours) - {"alembic_version"} <= tables:
+        return False
+    count = connection.execute(sqlalchemy.text("SELECT COUNT(*) FROM studies")).scalar()
+    return count == 0
+
+
 def _check_schema(spec: StorageSpec, connection: Any) -> State:
     """Optuna's tables and columns and its schema revision, read through ``connection``."""
     import sqlalchemy
@@ -242,6 +264,10 @@ def _check_schema(spec: StorageSpec, connection: Any) -> State:
         rows = connection.execute(sqlalchemy.text("SELECT version_num FROM alembic_version"))
         found = [r[0] for r in rows]
         revision = found[0] if len(found) == 1 else None
+    if revision is None and _empty_optuna_tables(connection, tables, ours):
+        # A first open killed after Optuna made its tables, before it stamped their revision:
+        # no study was ever written; Optuna finishes the job.
+        return "empty"
     if revision is None:
         raise UserError(
             f"{where}: tables named like Optuna's, but without the schema record Optuna keeps "
@@ -626,11 +652,23 @@ def move_torn_tail(path: Path) -> Path | None:
             position = start
         f.seek(keep)
         torn = f.read()
+        if _is_record(torn):
+            # The whole record made it, only its newline did not: readers skipped it until now;
+            # end it, and it counts.
+            f.seek(size)
+            f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+            return None
         side = _side_file(path)
-        with open(side, "xb") as out:
-            out.write(torn)
-            out.flush()
-            os.fsync(out.fileno())
+        try:
+            with open(side, "xb") as out:
+                out.write(torn)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError:
+            side.unlink(missing_ok=True)  # a full disk, say: no half side file per retry
+            raise
         f.truncate(keep)
         f.flush()
         os.fsync(f.fileno())

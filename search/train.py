@@ -129,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:  # before Exception, which it is too
+        print(f"error: training diverged: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # a full disk: one line; anything else is a bug of ours
         full = disk_full_message(exc, out)
         if full is None:
@@ -138,9 +141,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "command again",
             file=sys.stderr,
         )
-        return 1
-    except TrainingDiverged as exc:
-        print(f"error: training diverged: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume", file=sys.stderr)

@@ -9,6 +9,7 @@ file that another process is still writing.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -75,8 +76,10 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def _host() -> str:
-    # '@', '/' and '.' separate the parts of a temporary name; a host name holds no '@' or '/'.
-    return socket.gethostname().replace("/", "_").replace("@", "_") or "host"
+    """This host in a temporary file's name: a short hash of its name, so that a long host name
+    (a cloud FQDN) cannot push a name past the file system's limit, and no '.', '@' or '/' in it
+    breaks the name's parts."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:12]
 
 
 def remove_stale_temporaries(folder: Path, *, now: float | None = None) -> list[Path]:

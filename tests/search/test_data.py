@@ -363,12 +363,13 @@ def test_a_named_pipe_given_as_data_is_refused(tmp_path) -> None:
 
 
 def test_stale_temporary_files_in_the_cache_folder_are_removed(folder, tmp_path) -> None:
-    import socket
     import time
+
+    from space._io import _host
 
     cache = tmp_path / "cache"
     cache.mkdir()
-    host = socket.gethostname()
+    host = _host()  # how temporary names write this host
     dead = subprocess_pid_that_exited()
     stale = cache / f".tiny-0123.pt.{dead}@{host}.abcd1234.tmp"  # a writer that is gone
     live = cache / f".tiny-0123.pt.{os.getpid()}@{host}.abcd1234.tmp"  # one still writing
@@ -462,3 +463,32 @@ def test_a_failed_download_leaves_no_folder(tmp_path, monkeypatch) -> None:
     with pytest.raises(UserError, match="cannot get CIFAR-10"):
         load_dataset("cifar10", cache_dir=cache)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_cache_is_decoded_again_and_replaced(tmp_path, monkeypatch) -> None:
+    root = make_image_folder(tmp_path / "tiny", train_per_class=4, test_per_class=2, size=8)
+    first = load_dataset(root, cache_dir=tmp_path / "cache", val_size=0)
+    [cache] = (tmp_path / "cache").rglob("*.pt")
+    cache.write_bytes(b"damaged on disk")
+    again = load_dataset(root, cache_dir=tmp_path / "cache", val_size=0)  # decoded afresh
+    assert torch.equal(again.train.images, first.train.images)
+    assert cache.stat().st_size > 1000  # rewritten whole, so the next run reads it
+    calls = []
+    real = data_module._decode_files
+    monkeypatch.setattr(
+        data_module, "_decode_files", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    load_dataset(root, cache_dir=tmp_path / "cache", val_size=0)
+    assert calls == []  # read from the repaired cache
+
+
+def test_macos_appledouble_files_are_not_images(tmp_path) -> None:
+    root = make_image_folder(tmp_path / "tiny", train_per_class=4, test_per_class=2, size=8)
+    for folder in (root / "train").iterdir():
+        (folder / "._0000.png").write_bytes(b"\x00\x05\x16\x07 Mac metadata, no image")
+    ds = load_dataset(root, cache_dir=tmp_path / "cache", val_size=0)
+    assert len(ds.train) == 4 * len(CLASSES)
+    tarball = make_tarball(root, tmp_path / "tiny.tar")
+    assert len(load_dataset(tarball, cache_dir=tmp_path / "cache", val_size=0).train) == len(
+        ds.train
+    )

@@ -60,7 +60,8 @@ def test_torn_last_record_at_every_offset_is_moved_aside_and_the_study_resumes(
     complete = body + b"\n"  # every record but the last
     last += b"\n"
     expected = snapshot(plain_optuna_from_bytes(complete, tmp_path / "expected.journal"))
-    for cut in range(len(last)):  # 0: the record never started; len - 1: all but its newline
+    full = snapshot(plain_optuna_from_bytes(whole, tmp_path / "full.journal"))
+    for cut in range(len(last) - 1):  # 0: the record never started; len - 1: see below
         folder = tmp_path / f"cut-{cut}"
         folder.mkdir()
         journal = folder / "s.journal"
@@ -81,6 +82,17 @@ def test_torn_last_record_at_every_offset_is_moved_aside_and_the_study_resumes(
         assert len(resumed.trials) == len(expected) + 1
         assert resumed.trials[-1].state == optuna.trial.TrialState.COMPLETE
         assert journal.read_bytes().startswith(complete)
+    # All but its newline: the record is whole, so it is ended and kept, not moved aside.
+    folder = tmp_path / "cut-newline"
+    folder.mkdir()
+    journal = folder / "s.journal"
+    journal.write_bytes(complete + last[:-1])
+    study = optuna.load_study(study_name="s", storage=open_journal(journal))
+    study.optimize(objective, n_trials=1)
+    assert sorted(folder.glob("s.journal.torn-*")) == []
+    resumed = plain_optuna(journal)
+    assert snapshot(resumed)[: len(full)] == full and len(resumed.trials) == len(full) + 1
+    assert journal.read_bytes().startswith(whole)
 
 
 def plain_optuna_from_bytes(data: bytes, path: Path) -> optuna.Study:
@@ -318,3 +330,65 @@ def test_processes_creating_a_new_sqlite_study_at_once_all_go_on(tmp_path: Path)
         outcomes = [results.get(timeout=5) for _ in processes]
         assert outcomes == ["ok"] * 3, outcomes
         assert optuna.get_all_study_names(f"sqlite:///{path}") == ["s"]
+
+
+def _sqlite_study(path: Path) -> None:
+    storage = open_storage(parse_storage(f"sqlite:///{path}"), heartbeat=30, grace=120)
+    optuna.create_study(storage=storage, study_name="s").enqueue_trial({})
+    storage.engine.dispose()
+
+
+def test_a_database_left_with_a_hot_journal_by_a_crash_is_still_read(tmp_path: Path) -> None:
+    # A writer killed mid-transaction leaves <db>-journal; only a writable connection can roll
+    # it back, and doing so restores the last committed state.
+    live = tmp_path / "live.db"
+    _sqlite_study(live)
+    writer = sqlite3.connect(live)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("UPDATE studies SET study_name = 'half-written'")
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    for suffix in ("", "-journal"):  # the files as the killed writer left them
+        (crashed / f"live.db{suffix}").write_bytes((tmp_path / f"live.db{suffix}").read_bytes())
+    writer.rollback()
+    writer.close()
+    spec = parse_storage(f"sqlite:///{crashed / 'live.db'}")
+    assert inspect_storage(spec) == "optuna"
+    _, storage = open_existing_storage(spec.url)
+    assert optuna.get_all_study_names(storage) == ["s"]
+
+
+def test_an_sqlite_path_with_url_characters_is_refused(tmp_path: Path) -> None:
+    # SQLAlchemy would cut the path at '?' or '#' and decode '%20': another file entirely.
+    for name in ("run #2", "q?x", "pct %20"):
+        with pytest.raises(UserError, match="an SQLite path cannot hold"):
+            parse_storage(f"sqlite:///{tmp_path / name / 's.db'}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tables_a_killed_first_open_left_unstamped_are_finished(tmp_path: Path) -> None:
+    # Optuna makes its tables, then stamps their schema revision: a kill in between leaves
+    # the tables, no revision and no study.
+    path = tmp_path / "new.db"
+    _sqlite_study(path)
+    with sqlite3.connect(path) as db:
+        for table in (
+            "trial_values",
+            "trial_params",
+            "trial_system_attributes",
+            "trial_user_attributes",
+            "trial_intermediate_values",
+            "trial_heartbeats",
+            "trials",
+            "study_directions",
+            "study_system_attributes",
+            "study_user_attributes",
+            "studies",
+        ):
+            db.execute(f"DELETE FROM {table}")  # fmt: skip
+        db.execute("DROP TABLE alembic_version")
+    spec = parse_storage(f"sqlite:///{path}")
+    assert inspect_storage(spec) == "empty"
+    storage = open_storage(spec, heartbeat=30, grace=120)
+    optuna.create_study(storage=storage, study_name="again")
+    assert inspect_storage(spec) == "optuna"

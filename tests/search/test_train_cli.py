@@ -221,3 +221,10 @@ def test_without_a_validation_size_it_follows_the_data_and_a_resume_keeps_it(
     no_val[no_val.index(str(tmp_path / "a"))] = str(tmp_path / "b")
     assert train_main(no_val) == 0
     assert "holds a run with other settings" not in capsys.readouterr().err
+
+
+def test_a_diverged_training_is_one_line_exit_1(folder, tmp_path, capsys) -> None:
+    assert train_main(args(folder, tmp_path / "run", "--lr", "1e30")) == 1
+    err = capsys.readouterr().err
+    assert "error: training diverged" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
