@@ -283,7 +283,7 @@ def accuracy_figure(
                         "line": {"color": color, "width": 2.5},
                     },
                     text=[r.name for r in ours],
-                    textposition="bottom right",
+                    textposition="bottom left",
                     textfont={"size": 11, "color": "#333"},
                     customdata=[[r.name, r.params, r.macs, r.test_acc_std, r.seeds] for r in ours],
                     hovertemplate=(
