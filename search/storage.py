@@ -491,8 +491,11 @@ def _inspect_journal(spec: StorageSpec) -> State:
     line, newline, _ = head.partition(b"\n")
     if newline and _is_record(line):
         return "optuna"
-    if not newline and head.startswith(_RECORD_START) and len(head) < _HEAD:
-        return "empty"  # only a first record whose write did not finish: moved aside later
+    started = head.startswith(_RECORD_START) or _RECORD_START.startswith(head)
+    if not newline and started and len(head) < _HEAD:
+        # Only a first record whose write did not finish (cut anywhere, even within its first
+        # bytes): moved aside at the first append.
+        return "empty"
     raise UserError(
         f"--storage {spec.url!r}: not an Optuna journal file (its first line is not a journal "
         "record); give a new file name, or sqlite:///FILE.db for an SQLite file"

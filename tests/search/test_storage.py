@@ -392,3 +392,19 @@ def test_tables_a_killed_first_open_left_unstamped_are_finished(tmp_path: Path) 
     storage = open_storage(spec, heartbeat=30, grace=120)
     optuna.create_study(storage=storage, study_name="again")
     assert inspect_storage(spec) == "optuna"
+
+
+def test_a_first_record_cut_anywhere_is_moved_aside(tmp_path: Path) -> None:
+    # A new journal killed while its first record was written: cut within its first bytes too.
+    first = make_journal(tmp_path / "made.journal")
+    record = first.split(b"\n")[0]
+    for cut in (1, 5, 11, len(record) // 2):
+        journal = tmp_path / f"cut-{cut}.journal"
+        journal.write_bytes(record[:cut])
+        spec = parse_storage(f"journal:///{journal}")
+        assert inspect_storage(spec) == "empty", cut
+        study = optuna.create_study(storage=open_journal(journal), study_name="s")
+        study.optimize(objective, n_trials=1)
+        assert len(plain_optuna(journal).trials) == 1
+        [side] = tmp_path.glob(f"cut-{cut}.journal.torn-*")
+        assert side.read_bytes() == record[:cut]
