@@ -40,9 +40,10 @@ import json
 import shutil
 import signal
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -339,11 +340,18 @@ def reference_path(text: str) -> Path:
 @dataclass
 class Log:
     """Wall time of every session and stage of a campaign, kept in ``<work>/log.json`` so that a
-    campaign run in several sessions reports its whole time."""
+    campaign run in several sessions reports its whole time.
+
+    A running stage is written down every ``heartbeat`` seconds (as the session's ``running``
+    entry), so a session killed outright (SIGKILL, a machine taken back) still counts up to its
+    last beat: its time goes into the totals and the session is reported as cut short.
+    """
 
     path: Path
     sessions: list[dict[str, Any]]
     machine: str = ""  # of this session: CPU, cores, memory, GPU
+    heartbeat: float = 30.0  # seconds between writes of a running stage (a few ms each)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def open(cls, path: Path) -> Log:
@@ -367,24 +375,59 @@ class Log:
         self._t0 = time.time()
         self.save()
 
+    @contextlib.contextmanager
+    def running(self, stage: str, budget: str) -> Iterator[None]:
+        """Beat while ``stage`` runs: the session's ``running`` entry and seconds, on disk."""
+        session = self.sessions[-1]
+        started = time.time()
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.heartbeat):
+                with self._lock:
+                    now = time.time()
+                    session["running"] = {
+                        "stage": stage,
+                        "budget": budget,
+                        "seconds": round(now - started, 1),
+                    }
+                    session["seconds"] = round(now - self._t0, 1)
+                    with contextlib.suppress(OSError):  # a full disk: the next beat tries again
+                        write_json_atomic(self.path, {"sessions": self.sessions})
+
+        thread = threading.Thread(target=beat, name="campaign-log", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
     def stage(
         self, stage: str, budget: str, seconds: float, code: int, settings: str | None = None
     ) -> None:
-        session = self.sessions[-1]
-        session["stages"].append(
-            {
-                "stage": stage,
-                "budget": budget,
-                "seconds": round(seconds, 1),
-                "exit": code,
-                **({"settings": settings} if settings else {}),
-            }
-        )
-        session["seconds"] = round(time.time() - self._t0, 1)
+        with self._lock:
+            session = self.sessions[-1]
+            session.pop("running", None)
+            session["stages"].append(
+                {
+                    "stage": stage,
+                    "budget": budget,
+                    "seconds": round(seconds, 1),
+                    "exit": code,
+                    **({"settings": settings} if settings else {}),
+                }
+            )
+            session["seconds"] = round(time.time() - self._t0, 1)
         self.save()
 
     def save(self) -> None:
-        write_json_atomic(self.path, {"sessions": self.sessions})
+        with self._lock:
+            write_json_atomic(self.path, {"sessions": self.sessions})
+
+    def cut_short(self) -> int:
+        """Sessions killed in the middle of a stage (counted up to their last beat)."""
+        return sum("running" in s for s in self.sessions)
 
     def finished(self, stage: str, budget: str, settings: str) -> bool:
         """Whether an earlier session ran ``stage`` of ``budget`` to the end with ``settings``."""
@@ -397,7 +440,13 @@ class Log:
     def seconds(self, stage: str | None = None) -> float:
         if stage is None:
             return sum(s["seconds"] for s in self.sessions)
-        return sum(x["seconds"] for s in self.sessions for x in s["stages"] if x["stage"] == stage)
+        done = sum(x["seconds"] for s in self.sessions for x in s["stages"] if x["stage"] == stage)
+        killed = sum(
+            s["running"]["seconds"]
+            for s in self.sessions
+            if s.get("running", {}).get("stage") == stage
+        )
+        return done + killed
 
 
 def _stage(
@@ -414,7 +463,8 @@ def _stage(
     started = time.time()
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
-        code = entry(argv)
+        with log.running(stage, budget):
+            code = entry(argv)
     except KeyboardInterrupt:
         code = 130
     except SystemExit as exc:  # argparse in a command: a bug of ours, reported as such

@@ -428,8 +428,10 @@ def readme(
         stages = ", ".join(
             f"{stage} {log.seconds(stage) / 60:.1f}" for stage in ("search", "retrain", "report")
         )
+        killed = log.cut_short()
+        cut = f", {killed} of them killed mid-stage, counted to its last record" if killed else ""
         lines.append(
-            f"- wall time: {total:.1f} min ({stages} min) in {len(log.sessions)} session(s), "
+            f"- wall time: {total:.1f} min ({stages} min) in {len(log.sessions)} session(s){cut}, "
             f"first started {log.sessions[0]['started']}"
         )
     if record.get("databases"):

@@ -279,3 +279,41 @@ def test_the_standard_recipe_is_the_references_own() -> None:
     # Swapped recipes train a searched network "with the references' recipe": it must be theirs.
     for path in sorted((ROOT / "configs" / "reference").glob("*.toml")):
         assert Genotype.load(path).augment == campaign.STANDARD_RECIPE, path.name
+
+
+def test_a_session_killed_mid_stage_keeps_its_time(tmp_path: Path) -> None:
+    # A machine taken back kills the campaign with no chance to write anything: the heartbeat
+    # written while the stage ran is all that is left, and the next session counts it.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "log.json"
+    code = (
+        "import time; from pathlib import Path; from search.campaign import Log\n"
+        f"log = Log.open(Path({str(path)!r})); log.heartbeat = 0.05; log.start()\n"
+        "with log.running('search', '400k'):\n"
+        "    print('running', flush=True); time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"running\n"
+        time.sleep(0.6)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    killed = campaign.Log.open(path)
+    assert killed.cut_short() == 1
+    assert 0.4 < killed.seconds("search") < 5 and killed.seconds() >= killed.seconds("search")
+    assert killed.seconds("retrain") == 0
+
+    # The next session runs its stages to the end: they count beside the killed one's.
+    killed.start()
+    with killed.running("retrain", "400k"):
+        pass
+    killed.stage("retrain", "400k", 2.0, 0)
+    again = campaign.Log.open(path)
+    assert [("running" in s) for s in again.sessions] == [True, False]
+    assert again.seconds("retrain") == 2.0 and again.seconds("search") == killed.seconds("search")
+    assert not again.finished("search", "400k", "any")  # a killed stage never counts as done
