@@ -97,6 +97,7 @@ class Settings:
     fit: bool  # time search.training.fit itself
     eval_images: int  # held-out images per evaluation row
     compile: bool  # torch.compile the model on CUDA, as TrainConfig.compile does
+    channels_last: bool  # NHWC tensors, as TrainConfig.channels_last (default on)
     models: tuple[Path, ...]
     data: str | None  # None: generated random images
     out: Path  # folder of the JSON file
@@ -168,6 +169,11 @@ def build_parser() -> ArgumentParser:
         help="held-out images per evaluation row (default 10,000 CUDA, 64 CPU)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
+    p.add_argument(
+        "--contiguous",
+        action="store_true",
+        help="NCHW tensors instead of the trainer's default channels_last (to compare layouts)",
+    )
     p.add_argument("--out", type=Path, default=Path("results") / "bench", help="JSON folder")
     return p
 
@@ -193,6 +199,7 @@ def resolve(argv: Sequence[str] | None) -> Settings:
         fit=not args.no_fit,
         eval_images=args.eval_images or (10_000 if cuda else 64),
         compile=args.compile,
+        channels_last=not args.contiguous,
         models=tuple(model_path(m) for m in args.models),
         data=args.data,
         out=args.out,
@@ -357,7 +364,7 @@ class Stepper:
     ) -> Stepper:
         cuda = device.type == "cuda"
         model.to(device).train()
-        if cuda and config.channels_last:
+        if config.channels_last:
             model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(
             parameter_groups(model, config.weight_decay),
@@ -377,7 +384,7 @@ class Stepper:
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if self.cuda and self.config.channels_last:
+        if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.config.bf16):
             logits = self.step_model(x)
@@ -461,7 +468,7 @@ def ceiling_step(
     index = torch.arange(batch_size, device=device) % len(data.train)
     x = augment_batch(data.train.images[index], augment, data.normalization, generator)
     x, targets = mix(x, data.train.labels[index], augment, data.num_classes, generator)
-    if stepper.cuda and stepper.config.channels_last:
+    if stepper.config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return lambda i: stepper.step(i, x, targets)
 
@@ -489,6 +496,7 @@ def train_config(s: Settings) -> TrainConfig:
         batch_size=s.batch_size,
         lr=base.lr * s.batch_size / base.batch_size,  # the default peak, per image
         compile=s.compile,
+        channels_last=s.channels_last,
         epochs=2,  # the fit row: one epoch to warm up, one timed
     )
 
@@ -728,7 +736,8 @@ def main(argv: list[str] | None = None) -> int:
         cores = os.cpu_count() or 1
         print(
             f"device  {provenance.device_name(s.device)}; torch {torch.__version__}; "
-            f"bf16 autocast and channels_last {'on' if s.device.type == 'cuda' else 'off (CPU)'}; "
+            f"bf16 autocast {'on' if s.device.type == 'cuda' else 'off (CPU)'}; "
+            f"channels_last {'on' if s.channels_last else 'off'}; "
             f"compile {'on' if s.compile and s.device.type == 'cuda' else 'off'}"
         )
         if s.compile and s.device.type != "cuda":
@@ -765,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
             "eval_images": s.eval_images,
             "compile": s.compile,
             "bf16": s.device.type == "cuda" and TrainConfig().bf16,
-            "channels_last": s.device.type == "cuda" and TrainConfig().channels_last,
+            "channels_last": s.channels_last,
             "sync_every": SYNC_EVERY,
             "train_config": train_config(s).to_dict(),
         },
