@@ -384,16 +384,16 @@ class Log:
 
         def beat() -> None:
             while not done.wait(self.heartbeat):
+                now = time.time()
                 with self._lock:
-                    now = time.time()
                     session["running"] = {
                         "stage": stage,
                         "budget": budget,
                         "seconds": round(now - started, 1),
                     }
                     session["seconds"] = round(now - self._t0, 1)
-                    with contextlib.suppress(OSError):  # a full disk: the next beat tries again
-                        write_json_atomic(self.path, {"sessions": self.sessions})
+                with contextlib.suppress(OSError):  # a full disk: the next beat tries again
+                    self.save()
 
         thread = threading.Thread(target=beat, name="campaign-log", daemon=True)
         thread.start()
