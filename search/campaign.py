@@ -659,6 +659,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_writable_folder(campaign.work)
         check_writable_folder(campaign.out)
         if args.summarize:
+            if not campaign.work.is_dir():  # a fresh clone: its committed result stays as it is
+                raise UserError(
+                    f"--summarize: nothing to summarize, {campaign.work}/ does not exist "
+                    f"(run the campaign first; {campaign.out}/ is left as it is)"
+                )
             write_result(campaign, Log.open(campaign.work / "log.json"))
             print(f"wrote {campaign.out}/")
             return 0

@@ -118,8 +118,18 @@ def test_campaign_runs_resumes_and_writes_a_comparison(
     assert [x["stage"] for x in record["sessions"][1]["stages"]] == ["retrain", "report"]
 
 
-def test_summarize_writes_the_result_from_what_exists(tmp_path: Path) -> None:
+def test_summarize_writes_the_result_from_what_exists(tmp_path: Path, capsys) -> None:
     preset = write_preset(tmp_path)
+    # Nothing computed here (a fresh clone holding a committed result): refused, result kept.
+    committed = tmp_path / "results" / "reference" / "tiny" / "README.md"
+    committed.parent.mkdir(parents=True)
+    committed.write_text("a committed result")
+    assert run(tmp_path, preset, "--summarize") == 2
+    assert "nothing to summarize" in capsys.readouterr().err
+    assert committed.read_text() == "a committed result"
+    assert not (tmp_path / "results" / "campaigns").exists()
+    # A campaign begun and not finished: a partial result that says so.
+    (tmp_path / "results" / "campaigns" / "tiny").mkdir(parents=True)
     assert run(tmp_path, preset, "--summarize") == 0
     board = pd.read_csv(tmp_path / "results" / "reference" / "tiny" / "leaderboard.csv")
     assert board.empty and set(board.columns) >= REQUIRED_COLUMNS
