@@ -283,7 +283,9 @@ def accuracy_figure(
                         "line": {"color": color, "width": 2.5},
                     },
                     text=[r.name for r in ours],
-                    textposition="bottom left",
+                    textposition=_name_sides(
+                        [getattr(r, measure) for r in ours], _drawn_xs(views, measure), log_x
+                    ),
                     textfont={"size": 11, "color": "#333"},
                     customdata=[[r.name, r.params, r.macs, r.test_acc_std, r.seeds] for r in ours],
                     hovertemplate=(
@@ -327,6 +329,30 @@ def accuracy_figure(
     )
     fig.update_yaxes(title=accuracy, tickformat=".0%")
     return fig
+
+
+def _drawn_xs(views: Sequence[StudyView], measure: Measure) -> list[float]:
+    """The x of every trial and budget line the accuracy figure draws (the caller adds its
+    references)."""
+    drawn = [t for v in views for t in (*v.ranked(), *filter(is_trained_pruned, v.trials))]
+    xs = [t.user_attrs.get(measure) for t in drawn]
+    if measure == "params":
+        xs += [v.budget for v in views]
+    return [float(x) for x in xs if isinstance(x, (int, float)) and x > 0]
+
+
+def _name_sides(xs: Sequence[float], others: Sequence[float], log_x: bool) -> list[str]:
+    """Where each reference's name goes: left of its diamond, except in the left 15% of the x
+    range, where a name written leftwards runs off the figure (dwnext-100k at 99k beside
+    400k-parameter networks): those go to the right."""
+    scale = (lambda x: math.log10(x)) if log_x else (lambda x: x)
+    span = [scale(x) for x in [*xs, *others] if x > 0]
+    lo, hi = min(span, default=0.0), max(span, default=0.0)
+
+    def near_left(x: float) -> bool:
+        return hi > lo and x > 0 and (scale(x) - lo) / (hi - lo) < 0.15
+
+    return ["bottom right" if near_left(x) else "bottom left" for x in xs]
 
 
 def _test_custom(t: FrozenTrial, result: Mapping[str, Any]) -> list[Any]:

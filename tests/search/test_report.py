@@ -31,6 +31,7 @@ from search.artifacts import (
     upload_trial_artifacts,
 )
 from search.figures import (
+    ReferencePoint,
     StudyView,
     accuracy_figure,
     budget_figure,
@@ -554,3 +555,20 @@ def test_a_figure_kaleido_silently_drops_is_rendered_again(tmp_path, monkeypatch
     else:
         assert [p.name for p in paths] == ["macs.png"] and "no PNG of pareto" in reason
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
+
+
+def test_reference_names_stay_inside_the_figure() -> None:
+    # A name is written left of its diamond, except near the left edge, where it would run off
+    # the figure (dwnext-100k at 99k beside 400k networks was cut to "ext-100k").
+    view = made_view()
+    refs = [
+        ReferencePoint(study=view.name, name="tiny", params=1_000, macs=10**6, test_acc=0.3),
+        ReferencePoint(study=view.name, name="big", params=BUDGET, macs=10**8, test_acc=0.5),
+    ]
+    diamonds = trace(accuracy_figure([view], references=refs), "reference network, test accuracy")
+    assert list(diamonds.text) == ["tiny", "big"]
+    assert list(diamonds.textposition) == ["bottom right", "bottom left"]
+    # On a log axis the share is taken in log space: 1k of a 1k-400k span is the left edge.
+    macs = accuracy_figure([view], measure="macs", references=refs)
+    sides = trace(macs, "reference network, test accuracy").textposition
+    assert list(sides) == ["bottom right", "bottom left"]
