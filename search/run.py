@@ -55,7 +55,6 @@ from search.study import (
     dataset_label,
     fail_stale_trials,
     fingerprint,
-    hyperband_brackets,
     make_sampler,
     no_result_line,
     open_study,
@@ -398,14 +397,7 @@ def _run_worker(
     front: LiveFront | None = None,
 ) -> str:
     """Run trials in this process; returns why it stopped."""
-    study.sampler = make_sampler(
-        plan.search,
-        existing=len(study.trials),
-        worker=index,
-        brackets=hyperband_brackets(
-            plan.search.min_epochs, plan.train.epochs, plan.search.reduction_factor
-        ),
-    )
+    study.sampler = make_sampler(plan.search, existing=len(study.trials), worker=index)
     on_device = dataclasses.replace(
         dataset,
         train=dataset.train.to(plan.device),

@@ -331,26 +331,20 @@ def host_salt() -> int:
     return zlib.crc32(provenance.host().encode()) * 104_729
 
 
-def hyperband_brackets(min_epochs: int, max_epochs: int, reduction_factor: int) -> int:
-    """How many brackets Optuna's HyperbandPruner makes (its own formula)."""
-    return math.floor(math.log(max_epochs / min_epochs, reduction_factor)) + 1
-
-
-def make_sampler(
-    config: SearchConfig, *, existing: int, worker: int, brackets: int = 1
-) -> optuna.samplers.TPESampler:
+def make_sampler(config: SearchConfig, *, existing: int, worker: int) -> optuna.samplers.TPESampler:
     """TPE, multivariate over the dynamic (per-stage) space, with constant liar for parallel
     workers. The seed also depends on how many trials exist, which worker asks and on which
     machine, so a resumed run or another worker does not repeat the first one's random start.
 
-    Under Hyperband the sampler sees only the trials of the asking trial's bracket, so each
-    bracket has its own random start: ``startup_trials`` is shared out among the ``brackets``.
+    The first ``startup_trials`` trials of the study are random, whatever Hyperband bracket they
+    land in: Optuna's bracket view of the study filters ``get_trials`` for the pruner, but TPE
+    reads ``_get_trials`` and so counts and models every trial of the study.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
             seed=(config.seed * 1_000_003 + existing * 7919 + worker + host_salt()) % 2**32,
-            n_startup_trials=math.ceil(config.startup_trials / brackets),
+            n_startup_trials=config.startup_trials,
             multivariate=True,
             group=True,
             constant_liar=True,
