@@ -47,6 +47,23 @@ runpy.run_module("search.run", run_name="__main__")
 """
 
 
+# Runs search.run with Trial.report patched to SIGKILL the process right after a trial from the
+# second on stored its first validation accuracy: killed mid-trial, at a moment a poll from
+# outside could miss on a loaded machine (a tiny trial is that state for a fraction of a second).
+_DIE_MID_TRIAL = """
+import os, runpy, signal, sys
+import optuna
+real = optuna.trial.Trial.report
+def dying(self, value, step):
+    real(self, value, step)
+    if self.number >= 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+optuna.trial.Trial.report = dying
+sys.argv[0] = "search.run"
+runpy.run_module("search.run", run_name="__main__")
+"""
+
+
 # Runs search.run with a SQLAlchemy hook that sends the process a SIGINT (Ctrl-C) from inside
 # the database write of a trained trial's results: the moment an asynchronous KeyboardInterrupt
 # would leave a transaction open and SQLite locked for every later write.
@@ -70,11 +87,14 @@ def start(
     module: str = "search.run",
     *,
     die_writing_results: bool = False,
+    die_mid_trial: bool = False,
     ctrl_c_writing_results: bool = False,
 ) -> subprocess.Popen[str]:
     command = ["-m", module]
     if die_writing_results:
         command = ["-c", _DIE_WRITING_RESULTS]
+    elif die_mid_trial:
+        command = ["-c", _DIE_MID_TRIAL]
     elif ctrl_c_writing_results:
         command = ["-c", _CTRL_C_WRITING_RESULTS]
     return subprocess.Popen(
@@ -108,11 +128,17 @@ def study_at(tmp: Path) -> optuna.Study | None:
         return None
 
 
-def wait_for(condition, timeout: float = 180.0, every: float = 0.2) -> None:
+def wait_for(
+    condition, timeout: float = 180.0, every: float = 0.2, proc: subprocess.Popen | None = None
+) -> None:
+    """Poll ``condition``; with ``proc``, fail at once, with its stderr, if it ends first."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if condition():
             return
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read()[-2000:] if proc.stderr else ""
+            raise AssertionError(f"exited {proc.returncode} first: {err}")
         time.sleep(every)
     raise TimeoutError("condition not reached")
 
@@ -144,12 +170,6 @@ def test_search_killed_at_four_points_loses_nothing(tmp_path: Path) -> None:
     args = search_args(tmp_path, "--epochs", "4", trials=10)
     rng = random.Random(0)
 
-    def mid_trial() -> bool:
-        study = study_at(tmp_path)
-        return study is not None and any(
-            t.intermediate_values for t in study.get_trials(states=(TrialState.RUNNING,))
-        )
-
     def between_trials(count: int):
         return lambda: len(finished_record(tmp_path)) > count
 
@@ -157,16 +177,19 @@ def test_search_killed_at_four_points_loses_nothing(tmp_path: Path) -> None:
     points = ("mid-trial", "between trials", "writing results", "random (during writes)")
     for point in points:
         before = finished_record(tmp_path)
-        proc = start(args, tmp_path, die_writing_results=point == "writing results")
+        proc = start(
+            args,
+            tmp_path,
+            die_writing_results=point == "writing results",
+            die_mid_trial=point == "mid-trial",
+        )
         try:
-            if point == "writing results":
+            if point in ("writing results", "mid-trial"):  # the process kills itself there
                 assert proc.wait(timeout=300) == -signal.SIGKILL, proc.stderr.read()[-2000:]
-            elif point == "mid-trial":
-                wait_for(mid_trial)
             elif point == "between trials":
-                wait_for(between_trials(len(before)))
+                wait_for(between_trials(len(before)), proc=proc)
             else:
-                wait_for(lambda: study_at(tmp_path) is not None)
+                wait_for(lambda: study_at(tmp_path) is not None, proc=proc)
                 time.sleep(rng.uniform(0.2, 1.5))
         finally:
             proc.send_signal(signal.SIGKILL)
@@ -193,8 +216,10 @@ def test_search_killed_at_four_points_loses_nothing(tmp_path: Path) -> None:
     failed_numbers = [t.system_attrs["failed_trial"] for t in retried]
     assert len(failed_numbers) == len(set(failed_numbers))
     assert kills == list(points)
-    # The trial killed while writing its results was failed, not left half-finished.
     failed = [t for t in trials if t.state == TrialState.FAIL]
+    # The trial killed mid-trial was failed, its first validation accuracy kept.
+    assert any(t.intermediate_values and "train_seconds" not in t.user_attrs for t in failed)
+    # The trial killed while writing its results was failed, not left half-finished.
     assert any("train_seconds" in t.user_attrs and "train_loss" not in t.user_attrs for t in failed)
     assert all(t.value is None for t in failed)
 
