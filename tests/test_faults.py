@@ -31,10 +31,18 @@ pytestmark = pytest.mark.slow
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
+# Each script below patches the process, then runs search.run in it (see ``with_search``).
+def with_search(hook: str) -> str:
+    """A ``python -c`` program: the imports the hooks share, ``hook``, then search.run."""
+    return (
+        f"import os, runpy, signal, sys\n{hook}\n"
+        'sys.argv[0] = "search.run"\nrunpy.run_module("search.run", run_name="__main__")\n'
+    )
+
+
 # Runs search.run with Trial.set_user_attr patched to SIGKILL the process halfway through
 # writing a trained trial's results (after "train_seconds", before "train_loss" and the value).
 _DIE_WRITING_RESULTS = """
-import os, runpy, signal, sys
 import optuna
 real = optuna.trial.Trial.set_user_attr
 def dying(self, key, value):
@@ -42,8 +50,6 @@ def dying(self, key, value):
         os.kill(os.getpid(), signal.SIGKILL)
     real(self, key, value)
 optuna.trial.Trial.set_user_attr = dying
-sys.argv[0] = "search.run"
-runpy.run_module("search.run", run_name="__main__")
 """
 
 
@@ -51,7 +57,6 @@ runpy.run_module("search.run", run_name="__main__")
 # second on stored its first validation accuracy: killed mid-trial, at a moment a poll from
 # outside could miss on a loaded machine (a tiny trial is that state for a fraction of a second).
 _DIE_MID_TRIAL = """
-import os, runpy, signal, sys
 import optuna
 real = optuna.trial.Trial.report
 def dying(self, value, step):
@@ -59,8 +64,6 @@ def dying(self, value, step):
     if self.number >= 1:
         os.kill(os.getpid(), signal.SIGKILL)
 optuna.trial.Trial.report = dying
-sys.argv[0] = "search.run"
-runpy.run_module("search.run", run_name="__main__")
 """
 
 
@@ -68,7 +71,6 @@ runpy.run_module("search.run", run_name="__main__")
 # the database write of a trained trial's results: the moment an asynchronous KeyboardInterrupt
 # would leave a transaction open and SQLite locked for every later write.
 _CTRL_C_WRITING_RESULTS = """
-import os, runpy, signal, sys
 import sqlalchemy
 sent = []
 @sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "before_cursor_execute")
@@ -76,27 +78,14 @@ def ctrl_c(conn, cursor, statement, parameters, context, executemany):
     if not sent and "trial_user_attributes" in statement and "train_loss" in str(parameters):
         sent.append(True)
         os.kill(os.getpid(), signal.SIGINT)
-sys.argv[0] = "search.run"
-runpy.run_module("search.run", run_name="__main__")
 """
 
 
 def start(
-    args: list[str],
-    cwd: Path,
-    module: str = "search.run",
-    *,
-    die_writing_results: bool = False,
-    die_mid_trial: bool = False,
-    ctrl_c_writing_results: bool = False,
+    args: list[str], cwd: Path, module: str = "search.run", *, hook: str | None = None
 ) -> subprocess.Popen[str]:
-    command = ["-m", module]
-    if die_writing_results:
-        command = ["-c", _DIE_WRITING_RESULTS]
-    elif die_mid_trial:
-        command = ["-c", _DIE_MID_TRIAL]
-    elif ctrl_c_writing_results:
-        command = ["-c", _CTRL_C_WRITING_RESULTS]
+    """Run ``module`` with ``args``; with ``hook``, search.run in a process the hook patched."""
+    command = ["-m", module] if hook is None else ["-c", with_search(hook)]
     return subprocess.Popen(
         [sys.executable, *command, *args],
         cwd=cwd,
@@ -177,12 +166,8 @@ def test_search_killed_at_four_points_loses_nothing(tmp_path: Path) -> None:
     points = ("mid-trial", "between trials", "writing results", "random (during writes)")
     for point in points:
         before = finished_record(tmp_path)
-        proc = start(
-            args,
-            tmp_path,
-            die_writing_results=point == "writing results",
-            die_mid_trial=point == "mid-trial",
-        )
+        hooks = {"writing results": _DIE_WRITING_RESULTS, "mid-trial": _DIE_MID_TRIAL}
+        proc = start(args, tmp_path, hook=hooks.get(point))
         try:
             if point in ("writing results", "mid-trial"):  # the process kills itself there
                 assert proc.wait(timeout=300) == -signal.SIGKILL, proc.stderr.read()[-2000:]
@@ -361,7 +346,7 @@ def test_ctrl_c_marks_the_running_trial_failed(tmp_path: Path) -> None:
 
 def test_ctrl_c_inside_a_database_write_finishes_the_write_then_stops(tmp_path: Path) -> None:
     args = search_args(tmp_path, trials=3)
-    proc = start(args, tmp_path, ctrl_c_writing_results=True)
+    proc = start(args, tmp_path, hook=_CTRL_C_WRITING_RESULTS)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, (out[-2000:], err[-3000:])
     assert "Traceback" not in err and "locked" not in err, err[-3000:]
@@ -443,7 +428,7 @@ def test_ctrl_c_with_workers_stops_them_all(tmp_path: Path) -> None:
 # search.run with every database write failing as SQLite does on a full disk, from the moment the
 # third trained trial starts writing its results.
 _SQLITE_DISK_FULLS = """
-import runpy, sqlite3, sys
+import sqlite3
 import sqlalchemy
 results = []
 @sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "before_cursor_execute")
@@ -452,14 +437,12 @@ def disk_full(conn, cursor, statement, parameters, context, executemany):
         results.append(True)
     if len(results) >= 3 and statement.split()[0].upper() in ("INSERT", "UPDATE", "DELETE"):
         raise sqlite3.OperationalError("database or disk is full")
-sys.argv[0] = "search.run"
-runpy.run_module("search.run", run_name="__main__")
 """
 
 # The same with a journal: from the third trained trial's results on, every append writes half
 # its bytes, as a write that runs out of space does, and fails with ENOSPC.
 _JOURNAL_DISK_FULLS = """
-import errno, os, runpy, sys
+import errno
 import search.storage
 real_append = search.storage.JournalFile.append_logs
 real_write = os.write
@@ -478,8 +461,6 @@ def append(self, logs):
     finally:
         os.write = real_write
 search.storage.JournalFile.append_logs = append
-sys.argv[0] = "search.run"
-runpy.run_module("search.run", run_name="__main__")
 """
 
 
@@ -504,7 +485,10 @@ def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path: Path, kind: str) ->
 
     script = _SQLITE_DISK_FULLS if kind == "sqlite" else _JOURNAL_DISK_FULLS
     proc = subprocess.run(
-        [sys.executable, "-c", script, *args], cwd=tmp_path, capture_output=True, text=True
+        [sys.executable, "-c", with_search(script), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr

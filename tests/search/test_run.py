@@ -107,7 +107,8 @@ def test_hyperband_prunes_the_weaker_trials_and_they_keep_their_curves(
         assert list(t.intermediate_values) == [1, 3] and t.value == t.intermediate_values[3]
     assert trials[0].state == TrialState.COMPLETE  # the best, and first in its bracket
     # The random start is the study's first `startup_trials` (10 by default) finished trials,
-    # over both brackets: TPE reads every trial, whatever bracket the pruner shows it.
+    # over both brackets: TPE reads every trial, whatever bracket the pruner shows it (this code
+    # once divided it by the bracket count, so `startup_trials = 8` drew 4).
     for i, t in enumerate(trials):
         finished = sum(u.state in (TrialState.COMPLETE, TrialState.PRUNED) for u in trials[:i])
         guided = any(k.startswith("tpe:relative_params") for k in t.system_attrs)
@@ -275,36 +276,6 @@ def test_flags_override_the_preset() -> None:
     assert (plan.budget, plan.train.epochs, plan.search.trials) == (250_000, 7, 3)
     assert (base.budget, base.train.epochs) != (plan.budget, plan.train.epochs)
     assert plan.train.batch_size == base.train.batch_size  # what no flag names stays the preset's
-
-
-@pytest.mark.parametrize("startup", [2, 5])
-def test_the_first_startup_trials_of_the_study_are_random_across_hyperband_brackets(
-    startup,
-) -> None:
-    # Optuna's Hyperband gives the pruner a per-bracket view of the study, but TPE reads every
-    # trial: the random start is `startup_trials` trials of the whole study, not of each bracket
-    # (this code once divided it by the bracket count, so `startup_trials = 8` drew 4).
-    pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=15, reduction_factor=3)
-    config = search.study.SearchConfig(startup_trials=startup)
-    sampler = search.study.make_sampler(config, existing=0, worker=0)
-    study = optuna.create_study(direction="maximize", pruner=pruner, sampler=sampler)
-
-    def objective(trial: optuna.Trial) -> float:
-        x = trial.suggest_float("x", 0, 1)
-        trial.suggest_int("n", 1, 3)
-        for epoch in (1, 3, 9, 15):
-            trial.report(x * epoch / 15, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        return x
-
-    study.optimize(objective, n_trials=9)
-    guided = [
-        any(k.startswith("tpe:relative_params") for k in t.system_attrs) for t in study.trials
-    ]
-    assert guided == [False] * startup + [True] * (9 - startup)
-    brackets = {pruner._get_bracket_id(study, t) for t in study.trials[:startup]}
-    assert startup < 3 or len(brackets) > 1  # the random start spans brackets
 
 
 def test_a_trial_failing_on_a_bug_says_why(tmp_path, monkeypatch) -> None:
