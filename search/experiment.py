@@ -49,9 +49,13 @@ class Experiment:
     data: DataConfig
     train: TrainConfig
     eval_each_epoch: bool = True  # evaluate on the validation split after every epoch
+    # With eval_each_epoch, evaluate only after these (1-based) epochs; None = every epoch.
+    eval_epochs: tuple[int, ...] | None = None
+    test: bool = True  # end with the test split (the search's own runs never touch it)
 
     def settings(self) -> dict[str, Any]:
-        """What must match for a folder to be resumed or reused."""
+        """What must match for a folder to be resumed or reused. The later fields are recorded
+        only away from their defaults, so a folder of an older version still resumes."""
         return {
             "name": self.name,
             "genotype": self.genotype.to_dict(),
@@ -59,6 +63,8 @@ class Experiment:
             "data": asdict(self.data),
             "train": self.train.to_dict(),
             "eval_each_epoch": self.eval_each_epoch,
+            **({"eval_epochs": list(self.eval_epochs)} if self.eval_epochs is not None else {}),
+            **({} if self.test else {"test": False}),
         }
 
 
@@ -212,6 +218,7 @@ def run_experiment(
         config=experiment.train,
         device=device,
         eval_set=dataset.val if experiment.eval_each_epoch else None,
+        eval_epochs=experiment.eval_epochs,
         on_epoch=after_epoch,
         checkpoint=out / "state.pt",
         history=history,
@@ -230,15 +237,19 @@ def run_experiment(
         "seed": experiment.train.seed,
         "tta_views": experiment.train.tta_views,
         "train_images": len(dataset.train),
-        "test_images": len(dataset.test),
+        "test_images": len(dataset.test) if experiment.test else 0,
     }
-    for split, images in (("val", dataset.val), ("test", dataset.test)):
+    finals = (("val", dataset.val), ("test", dataset.test if experiment.test else None))
+    for split, images in finals:
         if images is None or len(images) == 0:
             continue
         plain, tta = evaluate(
             model, images, normalization=normalization, config=experiment.train, device=device
         )
         metrics[f"{split}_acc"], metrics[f"{split}_acc_tta"] = plain, tta
+    curve = [[e.epoch, e.eval_acc] for e in history.epochs if e.eval_acc is not None]
+    if curve:  # validation accuracy at every epoch it was read
+        metrics["val_curve"] = curve
     metrics.update(
         train_seconds=history.train_seconds,
         train_minutes=history.train_seconds / 60,

@@ -85,6 +85,17 @@ _OPTIONAL: dict[str, tuple[Any, ...]] = {
     "norm": ("str", NORMS),
 }
 _SETTINGS = ("description", "fit_to_budget", "width_multiple", "params")
+# The choices of the augmentation recipe, and the Augment field each sets.
+AUGMENT_CHOICES = {
+    "crop_padding": "crop_padding",
+    "flip": "flip",
+    "cutout": "cutout",
+    "auto_augment": "auto",
+    "auto_magnitude": "auto_magnitude",
+    "mixup_alpha": "mixup_alpha",
+    "cutmix_alpha": "cutmix_alpha",
+    "label_smoothing": "label_smoothing",
+}
 
 
 class TrialLike(Protocol):
@@ -187,6 +198,26 @@ class SearchSpace:
         path = Path(path)
         return cls.from_dict(load_toml(path), name=path.stem)
 
+    def with_recipe(self, augment: Augment) -> SearchSpace:
+        """This space with every augmentation choice fixed to ``augment``: its networks all
+        train with one recipe, so their accuracies compare architectures."""
+        fixed = {
+            name: Param(kind=self.params[name].kind, choices=(getattr(augment, field),))
+            for name, field in AUGMENT_CHOICES.items()
+        }
+        return dataclasses.replace(self, params={**self.params, **fixed})
+
+    def recipe_space(self) -> SearchSpace:
+        """The augmentation choices alone (what the recipe stage of a search draws)."""
+        return dataclasses.replace(
+            self, params={k: v for k, v in self.params.items() if k in AUGMENT_CHOICES}
+        )
+
+    @property
+    def draws_recipe(self) -> bool:
+        """Whether any augmentation choice is drawn (not fixed)."""
+        return any(self.params[k].fixed is None for k in AUGMENT_CHOICES if k in self.params)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data that ``from_dict`` reads back (what a study records)."""
         return {
@@ -286,17 +317,7 @@ def sample(
     p = space.params
 
     def draw(name: str, param: Param) -> Any:
-        fixed = param.fixed
-        if fixed is not None:
-            return fixed
-        if param.choices is not None:
-            return trial.suggest_categorical(name, list(param.choices))
-        if param.kind == "int":
-            step = int(param.step) if param.step else 1
-            return trial.suggest_int(
-                name, int(param.low), int(param.high), step=step, log=param.log
-            )  # type: ignore[arg-type]
-        return trial.suggest_float(name, param.low, param.high, step=param.step, log=param.log)  # type: ignore[arg-type]
+        return _draw(trial, name, param)
 
     def draw_optional(name: str, key: str, default: Any) -> Any:
         return draw(name, p[key]) if key in p else default
@@ -327,18 +348,7 @@ def sample(
         )
         se = draw_optional(f"s{i}_se", "se", stage.se)
         stages.append(dataclasses.replace(stage, kernel=kernel, expansion=expansion, se=se))
-    auto = draw("auto_augment", p["auto_augment"])
-    augment = Augment(
-        crop_padding=draw("crop_padding", p["crop_padding"]),
-        flip=draw("flip", p["flip"]),
-        cutout=draw("cutout", p["cutout"]),
-        auto=auto,
-        # TrivialAugment draws its own magnitudes; only RandAugment uses this one.
-        auto_magnitude=draw("auto_magnitude", p["auto_magnitude"]) if auto == "randaugment" else 9,
-        mixup_alpha=draw("mixup_alpha", p["mixup_alpha"]),
-        cutmix_alpha=draw("cutmix_alpha", p["cutmix_alpha"]),
-        label_smoothing=draw("label_smoothing", p["label_smoothing"]),
-    )
+    augment = sample_augment(trial, space)
     genotype = Genotype(
         stages=tuple(stages),
         stem_width=max(1, round(base * draw("stem_ratio", p["stem_ratio"]))),
@@ -374,6 +384,38 @@ def sample(
         genotype, num_classes=num_classes, in_channels=in_channels, image_size=image_size
     )
     return Sample(genotype=genotype, params=params, target=target, fitted=fitted, macs=macs)
+
+
+def _draw(trial: TrialLike, name: str, param: Param) -> Any:
+    fixed = param.fixed
+    if fixed is not None:
+        return fixed
+    if param.choices is not None:
+        return trial.suggest_categorical(name, list(param.choices))
+    if param.kind == "int":
+        step = int(param.step) if param.step else 1
+        return trial.suggest_int(name, int(param.low), int(param.high), step=step, log=param.log)  # type: ignore[arg-type]
+    return trial.suggest_float(name, param.low, param.high, step=param.step, log=param.log)  # type: ignore[arg-type]
+
+
+def sample_augment(trial: TrialLike, space: SearchSpace) -> Augment:
+    """Draw the augmentation recipe alone (``sample`` draws it with the shape, under the same
+    names; the recipe stage of a search draws it for a network already chosen)."""
+    p = space.params
+    auto = _draw(trial, "auto_augment", p["auto_augment"])
+    return Augment(
+        crop_padding=_draw(trial, "crop_padding", p["crop_padding"]),
+        flip=_draw(trial, "flip", p["flip"]),
+        cutout=_draw(trial, "cutout", p["cutout"]),
+        auto=auto,
+        # TrivialAugment draws its own magnitudes; only RandAugment uses this one.
+        auto_magnitude=(
+            _draw(trial, "auto_magnitude", p["auto_magnitude"]) if auto == "randaugment" else 9
+        ),
+        mixup_alpha=_draw(trial, "mixup_alpha", p["mixup_alpha"]),
+        cutmix_alpha=_draw(trial, "cutmix_alpha", p["cutmix_alpha"]),
+        label_smoothing=_draw(trial, "label_smoothing", p["label_smoothing"]),
+    )
 
 
 class _ChosenTrial:
@@ -441,3 +483,106 @@ def _smallest(space: SearchSpace, cost: Callable[[Genotype], int]) -> int:
         if not improved:
             break
     return best
+
+
+class _GivenTrial:
+    """Answers every draw from ``values`` and notes the names drawn; a name it lacks, or a
+    value its distribution cannot hold, makes ``ok`` False."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.values = values
+        self.drawn: dict[str, Any] = {}
+        self.ok = True
+
+    def _give(self, name: str, allowed: Callable[[Any], bool], fallback: Any) -> Any:
+        if name not in self.values or not allowed(self.values[name]):
+            self.ok = False
+            return fallback
+        self.drawn[name] = self.values[name]
+        return self.values[name]
+
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int:
+        return self._give(
+            name,
+            lambda v: isinstance(v, int) and low <= v <= high and (v - low) % step == 0,
+            low,
+        )
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        return self._give(name, lambda v: isinstance(v, (int, float)) and low <= v <= high, low)
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        options = list(choices)
+        return self._give(name, lambda v: v in options, options[0])
+
+
+def express(
+    genotype: Genotype,
+    space: SearchSpace,
+    *,
+    budget: int,
+    num_classes: int,
+    in_channels: int = 3,
+    max_macs: int | None = None,
+    image_size: int | tuple[int, int] = 32,
+) -> dict[str, Any] | None:
+    """The values of ``space``'s choices that make ``sample`` draw exactly ``genotype`` under
+    ``budget`` (what ``optuna.Study.enqueue_trial`` takes), or None when the space cannot
+    express it: a choice outside its ranges, widths the budget-filling scale does not land on,
+    a network over a budget. Checked by drawing it: the values given come back as the same
+    genotype, or not at all."""
+    stages = genotype.stages
+    base = stages[0].width
+    fixed_base = space.params["base_width"].fixed
+    scale = 1.0 if fixed_base is None else fixed_base / base
+    values: dict[str, Any] = {
+        "num_stages": len(stages),
+        "first_downsample": stages[0].downsample,
+        "base_width": base if fixed_base is None else fixed_base,
+        "stem_ratio": genotype.stem_width / base,
+        "stem_bias": genotype.stem_bias,
+        "downsample": genotype.downsample,
+        "shortcut": genotype.shortcut,
+        "pool": genotype.pool,
+        "head": genotype.head,
+        "head_dropout": genotype.head_dropout,
+        "activation": genotype.activation,
+        "norm": genotype.norm,
+    }
+    for i, stage in enumerate(stages):
+        if i > 0:
+            values[f"s{i}_width_growth"] = stage.width / stages[i - 1].width
+            values[f"s{i}_downsample"] = stage.downsample
+        values[f"s{i}_depth"] = stage.depth
+        values[f"s{i}_block"] = stage.block
+        values[f"s{i}_dropout"] = stage.dropout
+        values[f"s{i}_kernel"] = stage.kernel
+        values[f"s{i}_expansion"] = stage.expansion
+        values[f"s{i}_se"] = stage.se
+    values.update({name: getattr(genotype.augment, f) for name, f in AUGMENT_CHOICES.items()})
+    values["auto_augment"] = genotype.augment.auto
+    params, macs = count(
+        genotype, num_classes=num_classes, in_channels=in_channels, image_size=image_size
+    )
+    if params > budget or (max_macs is not None and macs > max_macs):
+        return None
+    # floor(budget * fill) must come to the network's own count: aim half a parameter above it.
+    values["budget_fill"] = (params + 0.5) / budget
+    del scale  # the scale is fit_to_budget's to find; the check below says whether it does
+    trial = _GivenTrial(values)
+    drawn = sample(
+        trial,
+        space,
+        budget=budget,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        max_macs=max_macs,
+        image_size=image_size,
+    )
+    if not trial.ok or not drawn.fitted or drawn.genotype != genotype:
+        return None
+    return dict(trial.drawn)
