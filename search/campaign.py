@@ -55,21 +55,27 @@ from search.comparison import load_study_if_any, planned_models, verdict, write_
 from search.config import DataConfig, from_mapping
 from search.data import Decoded, decode, save_cache, split, split_as_configured
 from search.retrain import RETRAIN_DEFAULTS
-from search.study import SearchConfig, budget_label, is_name, parse_macs
+from search.stages.references import REFERENCES, reference_path
+from search.study import STANDARD_RECIPE, SearchConfig, budget_label, is_name, parse_macs
 from search.training import TrainConfig
-from space import Augment, Genotype, parse_budget
+from space import Genotype, parse_budget
 from space._cli import ArgumentParser
 from space._io import check_writable_folder, write_json_atomic, write_text_atomic
 from space._toml import dumps_toml, load_toml
 from space.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCES = ROOT / "configs" / "reference"
-# The recipe every reference file carries (configs/reference/*.toml): pad-4 crop, flip and label
-# smoothing 0.1; a searched architecture is also trained with it when recipes are swapped.
-STANDARD_RECIPE = Augment(crop_padding=4, flip=True, label_smoothing=0.1)
 # [search] keys the campaign sets itself, per budget.
-OWNED_SEARCH_KEYS = ("budget", "study_name", "storage", "results", "device")
+OWNED_SEARCH_KEYS = (
+    "budget",
+    "study_name",
+    "storage",
+    "results",
+    "device",
+    "references",
+    "concurrency",
+    "mps",
+)
 
 
 # -- the preset -------------------------------------------------------------------------------
@@ -84,6 +90,14 @@ class CampaignConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N: every stage runs there
     storage: Literal["sqlite", "journal"] = "sqlite"  # journal for [search] workers > 1
     swap_recipes: bool = False  # also train each side with the other side's augmentation
+    # Trainings at once in the stages after the trials and in the retraining (models x seeds,
+    # the longest first): per GPU on CUDA, each in a process of its own.
+    concurrency: int = 1
+    mps: bool = False  # with concurrency on CUDA: run NVIDIA's Multi-Process Service meanwhile
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise UserError(f"concurrency must be an integer >= 1, but got {self.concurrency}")
 
 
 @dataclass(frozen=True)
@@ -168,6 +182,10 @@ class Campaign:
             "results": str(self.work),
             "device": self.config.device,
             "storage": self.storage_url(b),
+            # The budget's references enter the study: enqueued, or yardsticks beside it.
+            "references": [p.stem if p.parent == REFERENCES else str(p) for p in b.references],
+            "concurrency": self.config.concurrency,
+            "mps": self.config.mps,
         }
         return {"search": search, "data": dict(self.data), "train": dict(self.train)}
 
@@ -219,8 +237,9 @@ def load_campaign(
     owned = [k for k in OWNED_SEARCH_KEYS if k in search]
     if owned:
         raise UserError(
-            f"{path} [search]: {', '.join(owned)} are set by the campaign (budget per "
-            "[[budgets]] entry, device in [campaign]); remove them"
+            f"{path} [search]: {', '.join(owned)} are set by the campaign (budget and "
+            "references per [[budgets]] entry, device, concurrency and mps in [campaign]); "
+            "remove them"
         )
     from_mapping(SearchConfig, search, where=f"{path} [search]")
     data_table = dict(raw.get("data", {}))
@@ -315,23 +334,6 @@ def _budget_plan(entry: Any, *, where: str, name: str, search: Mapping[str, Any]
         ):
             raise UserError(f"{where}: {key} must be an integer >= 1, but got {value!r}")
     return BudgetPlan(budget, label, study, paths, table, top, epochs)
-
-
-def reference_path(text: str) -> Path:
-    """A reference by name (``resnet20`` for configs/reference/resnet20.toml) or path."""
-    if text.endswith(".toml"):
-        path = Path(text)
-    else:
-        path = REFERENCES / f"{text}.toml"
-        if not path.exists():
-            names = sorted(p.stem for p in REFERENCES.glob("*.toml"))
-            raise UserError(
-                f"reference {text!r}: no such file in configs/reference/ (there: "
-                f"{', '.join(names)}; or give a path to a .toml file)"
-            )
-    if not path.is_file():
-        raise UserError(f"reference {text!r}: no such file {path}")
-    return path
 
 
 # -- the stages -------------------------------------------------------------------------------
@@ -543,6 +545,12 @@ def run_budget(campaign: Campaign, b: BudgetPlan, log: Log, *, progress: bool) -
         *(["--subset", str(campaign.retrain.subset)] if campaign.retrain.subset else []),
         *[a for path in extra for a in ("--arch", path)],
         *([] if campaign.retrain.export else ["--no-export"]),
+        *(
+            ["--concurrency", str(campaign.config.concurrency)]
+            if campaign.config.concurrency > 1
+            else []
+        ),
+        *(["--mps"] if campaign.config.mps else []),
         *quiet,
     ]
     code = _stage(log, "retrain", b.label, "search.retrain", argv, retrain.main)
@@ -567,6 +575,10 @@ def plan_models(campaign: Campaign, b: BudgetPlan) -> list[dict[str, Any]]:
 
     study = load_study_if_any(campaign.storage_url(b), b.study)
     winners = select_trials(study, b.budget, campaign.top(b)) if study is not None else []
+    race = {
+        e["name"]: e
+        for e in ((study.user_attrs.get("race") or {}) if study else {}).get("entries", [])
+    }
     # The first is the search's choice (best validation accuracy): the one the verdict weighs.
     models = [
         {
@@ -577,11 +589,19 @@ def plan_models(campaign: Campaign, b: BudgetPlan) -> list[dict[str, Any]]:
             "arch": None,
             "chosen": i == 0,
             "val_acc": c.val_acc,
+            "race_val_acc": race.get(c.name, {}).get("race_val_acc"),
         }
         for i, c in enumerate(winners)
     ]
     models += [
-        {"name": p.stem, "source": "reference", "recipe": "own", "base": p.stem, "arch": str(p)}
+        {
+            "name": p.stem,
+            "source": "reference",
+            "recipe": "own",
+            "base": p.stem,
+            "arch": str(p),
+            "race_val_acc": race.get(p.stem, {}).get("race_val_acc"),
+        }
         for p in b.references
     ]
     if campaign.config.swap_recipes and winners:

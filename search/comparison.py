@@ -55,6 +55,7 @@ LEADERBOARD_COLUMNS = [
     "fits_budget",
     "macs",
     "val_acc",
+    "race_val_acc",
     "test_acc_mean",
     "test_acc_std",
     "test_acc_tta_mean",
@@ -147,6 +148,7 @@ def _row(
         and (max_macs is None or first["macs"] <= max_macs),
         "macs": first["macs"],
         "val_acc": model.get("val_acc"),
+        "race_val_acc": model.get("race_val_acc"),
         "test_acc_mean": mean("test_acc"),
         "test_acc_std": spread("test_acc"),
         "test_acc_tta_mean": mean("test_acc_tta"),
@@ -396,6 +398,10 @@ def readme(
         lines += [c.config.description.strip(), ""]
     for b in c.budgets:
         lines += [verdict(rows, b.budget, planned.get(b.budget, ())), ""]
+    for b in c.budgets:
+        study = studies.get(b.study)
+        if study is not None:
+            lines += search_story(study, b.budget)
     lines += ["## Leaderboard", "", *_table(rows), ""]
     lines += _what_the_numbers_are(c, rows, studies)
     if (c.out / "pareto.png").exists():
@@ -446,14 +452,26 @@ def readme(
     return "\n".join(lines) + "\n"
 
 
+def search_story(study: optuna.Study, budget: int) -> list[str]:
+    """How the search chose at ``budget``, from its study: where the references ranked among
+    the trials, the race of the leaders, the recipe stage (markdown lines; none for a study
+    made before these stages)."""
+    from search.stages import story
+
+    told = story(study.get_trials(deepcopy=False), study.user_attrs, budget)
+    if not told:
+        return []
+    return [f"**How the search chose at {format_count(budget)}.**", "", "```", *told, "```", ""]
+
+
 def _table(rows: pd.DataFrame) -> list[str]:
     if rows.empty:
         return ["No model has finished retraining yet."]
     head = (
-        "| budget | model | source | recipe | params | MACs | val acc (search) | test acc | "
-        "test acc, TTA | seeds | epochs | train images | minutes |"
+        "| budget | model | source | recipe | params | MACs | val acc (search) | val acc (race) "
+        "| test acc | test acc, TTA | seeds | epochs | train images | minutes |"
     )
-    lines = [head, "|" + " ---: |" * 2 + " --- |" * 2 + " ---: |" * 9]
+    lines = [head, "|" + " ---: |" * 2 + " --- |" * 2 + " ---: |" * 10]
     for r in rows.itertuples():
         seeds = f"{r.seeds}" + (f" of {r.seeds_planned}" if r.seeds < r.seeds_planned else "")
         name = f"**{r.name}**" if r.chosen else r.name
@@ -461,6 +479,7 @@ def _table(rows: pd.DataFrame) -> list[str]:
             f"| {format_count(r.budget)} | {name} | {r.source} | {r.recipe} | "
             f"{r.params:,} | {format_count(r.macs)}{'' if r.fits_budget else ' (over)'} | "
             f"{'' if pd.isna(r.val_acc) else _pct(r.val_acc)} | "
+            f"{'' if pd.isna(r.race_val_acc) else _pct(r.race_val_acc)} | "
             f"{_acc(r.test_acc_mean, r.test_acc_std, r.seeds)} | "
             f"{_acc(r.test_acc_tta_mean, r.test_acc_tta_std, r.seeds)} | {seeds} | {r.epochs} | "
             f"{r.train_images:,} | {r.minutes:.1f} |"

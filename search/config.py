@@ -73,6 +73,11 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             except UserError as exc:
                 errors.append(str(exc))
         raise UserError(errors[0])
+    if origin is tuple:  # tuple[X, ...]: a TOML list of X
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where} must be a list, but got {value!r}")
+        return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:

@@ -22,6 +22,7 @@ import io
 import json
 import shutil
 import statistics
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -155,11 +156,13 @@ def run_experiment(
     on_epoch: Callable[[EpochStats], None] | None = None,
     fresh_flag: str = "--fresh",
     on_start: Callable[[], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Train ``experiment`` on ``dataset`` into ``out`` (or resume it); return its metrics.
     ``fresh_flag`` is how the command's user asks for ``fresh``, for the messages.
     ``on_start`` is called once the folder is known to be usable, before anything is written
-    (a command writes its data cache there, say)."""
+    (a command writes its data cache there, say). Once ``stop`` is set, the next training step
+    raises KeyboardInterrupt (finished epochs are in the checkpoint)."""
     settings = experiment.settings()
     config_path, metrics_path = out / "config.json", out / "metrics.json"
     check_run_folder(experiment, out, fresh=fresh, fresh_flag=fresh_flag)
@@ -224,6 +227,7 @@ def run_experiment(
         history=history,
         progress=progress,
         desc=experiment.name,
+        stop=stop,
     )
     # Once more: a run killed after its last checkpoint trains no epoch when resumed.
     _write_history(out / "history.csv", history.epochs)

@@ -54,12 +54,13 @@ from typing import Any
 import optuna
 
 from search import provenance
-from search.campaign import STANDARD_RECIPE, Log, reference_path
+from search.campaign import Log
 from search.config import DataConfig, configure_torch, from_mapping, resolve_device
 from search.data import check_split_arguments, decode, save_cache, split
 from search.experiment import Experiment
 from search.jobs import DatasetCache, Job, Outcome, check_jobs, run_jobs
-from search.study import is_name, parse_macs, resolve_space
+from search.stages.references import reference_path
+from search.study import STANDARD_RECIPE, is_name, parse_macs, resolve_space
 from search.training import TrainConfig
 from space import Genotype, count, format_count, parse_budget
 from space._budget import scale_widths

@@ -45,6 +45,9 @@ class StudyView:
     # Test results of retrained trials by trial number, as search.retrain records them in the
     # study attribute "retrained" (a finished trial takes no new attribute of its own).
     retrained: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
+    # What the stages around the trials recorded (search.stages): references, yardsticks, race,
+    # recipe, choice.
+    stages: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, study: optuna.Study) -> StudyView:
@@ -64,6 +67,11 @@ class StudyView:
             max_macs=settings.get("max_macs"),
             dataset=(attrs.get("dataset") or {}).get("name", ""),
             retrained={int(k): v for k, v in (attrs.get("retrained") or {}).items()},
+            stages={
+                k: attrs[k]
+                for k in ("references", "yardsticks", "race", "recipe", "choice")
+                if k in attrs
+            },
         )
 
     def test_result(self, t: FrozenTrial) -> dict[str, Any] | None:

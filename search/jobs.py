@@ -122,12 +122,14 @@ def run_jobs(
     progress: bool = True,
     desc: str = "train",
     on_done: Callable[[Outcome], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> list[Outcome]:
     """Train ``jobs`` (finished ones are read back, not trained again); outcomes in job order.
 
     ``datasets`` gives the dataset of a ``DataConfig`` in this process (a cached loader; the
     default decodes from the data cache). ``on_done`` is called in this process as each job
-    ends, in the order they end.
+    ends, in the order they end. Once ``stop`` is set (by a signal handler that raises
+    nothing itself), training stops at the next step with KeyboardInterrupt.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, but got {concurrency}")
@@ -162,23 +164,34 @@ def run_jobs(
     try:
         if concurrency == 1 or len(todo) <= 1:
             for i in todo:
-                finish(i, _train(jobs[i], load(jobs[i].experiment.data), device, view.epoch(i)))
+                job, data = jobs[i], load(jobs[i].experiment.data)
+                finish(i, _train(job, data, device, view.epoch(i), stop))
         else:
             costs = {i: job_cost(jobs[i], load(jobs[i].experiment.data)) for i in todo}
             order = sorted(todo, key=lambda i: -costs[i])
             with mps_daemon(enabled=mps and device.type == "cuda"):
-                _run_pool(jobs, order, device, concurrency, view, finish)
+                _run_pool(jobs, order, device, concurrency, view, finish, stop)
     finally:
         bar.close()
     return [outcomes[i] for i in range(len(jobs))]
 
 
 def _train(
-    job: Job, dataset: Dataset, device: torch.device, on_epoch: Callable[[EpochStats], None]
+    job: Job,
+    dataset: Dataset,
+    device: torch.device,
+    on_epoch: Callable[[EpochStats], None],
+    stop: threading.Event | None = None,
 ) -> Outcome:
     try:
         metrics = run_experiment(
-            job.experiment, dataset, job.out, device=device, extra=job.extra, on_epoch=on_epoch
+            job.experiment,
+            dataset,
+            job.out,
+            device=device,
+            extra=job.extra,
+            on_epoch=on_epoch,
+            stop=stop,
         )
     except TrainingDiverged as exc:
         return Outcome(job, error=f"diverged: {exc}")
@@ -240,7 +253,9 @@ class _Progress:
                 f"{outcome.job.name}: {split_name} {acc:.4f}, {m['epochs']} epochs in "
                 f"{m['train_minutes']:.1f} min"
             )
-        if not self.bar.disable:
+        if self.bar.disable:
+            print(line, flush=True)
+        else:
             tqdm.write(line)
 
 
@@ -254,6 +269,7 @@ def _run_pool(
     concurrency: int,
     view: _Progress,
     finish: Callable[[int, Outcome], None],
+    stop: threading.Event | None,
 ) -> None:
     context = mp.get_context("spawn")
     events = context.Queue()
@@ -276,7 +292,9 @@ def _run_pool(
         for i in order:
             pending[executor.submit(_work, i, jobs[i], worker_device)] = i
         while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt
             for future in done:
                 i = pending.pop(future)
                 finish(i, future.result())

@@ -51,6 +51,8 @@ from search.figures import (
     curves_figure,
     pareto_front,
 )
+from search.stages import story
+from search.stages.recipe import is_recipe_study
 from search.storage import StorageSpec, open_existing_storage
 from search.study import is_rejected
 from space import Genotype, format_count
@@ -230,6 +232,9 @@ def note_markdown(
             format_count(a["macs"]) if "macs" in a else "",
         ]
         lines.append("| " + " | ".join(cells) + f" | `{a.get('key', '')}` |")
+    told = story(view.trials, view.stages, view.budget)
+    if told:
+        lines += ["", "### How the search chose", "", "```", *told, "```"]
     lines += [
         "",
         "The Pareto figure is on the study's main page; each trained trial has its learning curve "
@@ -295,6 +300,9 @@ def load_studies(
     for spec, storage, name in pairs:
         present = optuna.study.get_all_study_names(storage)
         if name is None:
+            # A search's recipe stage keeps a study of its own beside it: not a search to report.
+            searches = [n for n in present if not is_recipe_study(n)]
+            present = searches if len(searches) == 1 else present
             if len(present) != 1:
                 raise UserError(
                     f"--storage {spec.url!r} holds "
@@ -520,6 +528,8 @@ def _print_top(view: StudyView, *, top: int) -> None:
     )
     print(f"top {top} (complete trials within the budget, by validation accuracy):")
     print(top_frame(view, top=top).to_string(index=False))
+    for line in story(view.trials, view.stages, view.budget):
+        print(line)
 
 
 def _update_dashboard(

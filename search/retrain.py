@@ -28,7 +28,7 @@ import json
 import statistics
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +41,11 @@ from tqdm import tqdm
 
 from search.config import DataConfig, configure_torch, load_sections, merge, resolve_device
 from search.data import Dataset, check_split_arguments, decode, save_cache, split
-from search.experiment import Experiment, check_run_folder, run_experiment
+from search.experiment import Experiment, check_run_folder
 from search.export import TOLERANCE, export_all, onnx_available
+from search.jobs import DatasetCache, Job, Outcome, run_jobs
 from search.storage import ClaimLock, open_existing_storage
-from search.training import EpochStats, TrainConfig, TrainingDiverged
+from search.training import TrainConfig, TrainingDiverged
 from space import Genotype, format_count, parse_budget
 from space._cli import ArgumentParser
 from space._io import (
@@ -95,30 +96,90 @@ class Candidate:
 
 
 def select_trials(study: optuna.Study, budget: int, top: int) -> list[Candidate]:
-    """The ``top`` best feasible complete trials by validation accuracy, one per genotype."""
+    """The ``top`` searched networks to retrain, one per genotype, the search's choice first.
+
+    Where the search made a choice (study attribute ``choice``: the race's winner, with the
+    recipe the recipe stage found), it comes first, with that recipe; then the race's other
+    searched entries by their race accuracy; then the other feasible complete trials by
+    validation accuracy. The references the study holds as trials are never among them.
+    """
     trials = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if t.value is not None
         and "genotype" in t.user_attrs
         and t.user_attrs.get("params", budget + 1) <= budget
+        and "reference" not in t.user_attrs
     ]
     trials.sort(key=lambda t: (-t.value, t.number))  # type: ignore[operator]
+    by_number = {t.number: t for t in trials}
+    race = study.user_attrs.get("race") or {}
+    raced = [
+        e["trial"]
+        for e in race.get("entries", [])
+        if e.get("source") == "search" and e.get("race_val_acc") is not None
+    ]
+    order = [by_number[n] for n in raced if n in by_number]
+    order += [t for t in trials if t.number not in raced]
+    choice = study.user_attrs.get("choice") or {}
     chosen: list[Candidate] = []
-    keys: set[str] = set()
-    for t in trials:
+    if choice.get("trial") in by_number:
+        t = by_number[choice["trial"]]
+        g = Genotype.from_dict(choice["genotype"])
+        chosen.append(Candidate(f"trial-{t.number}", "search", g, t.number, t.value))
+        order = [x for x in order if x.number != t.number]
+    keys = {Genotype.from_dict(by_number[c.trial].user_attrs["genotype"]).key() for c in chosen}  # type: ignore[index]
+    for t in order:
+        if len(chosen) >= top:
+            break
         g = Genotype.from_dict(t.user_attrs["genotype"])
         if g.key() in keys:
             continue
         keys.add(g.key())
         chosen.append(Candidate(f"trial-{t.number}", "search", g, t.number, t.value))
-        if len(chosen) == top:
-            break
-    return chosen
+    return chosen[:top]
 
 
-def retrain(
-    candidate: Candidate,
+def retrain_jobs(
+    candidates: Sequence[Candidate],
+    *,
+    data: DataConfig,
+    train: TrainConfig,
+    seeds: int,
+    out: Path,
+    budget: int | None,
+    provenance: dict[str, Any],
+) -> list[Job]:
+    """One job per model and seed: ``<out>/retrain/<name>/seed-<s>/``, seeds ``train.seed``
+    and on, the same seeds for every model."""
+    jobs = []
+    for candidate in candidates:
+        for i in range(seeds):
+            seed = train.seed + i
+            experiment = Experiment(
+                name=candidate.name,
+                genotype=candidate.genotype,
+                data=data,
+                train=dataclasses.replace(train, seed=seed),
+                eval_each_epoch=False,  # no validation split: it was merged into training
+            )
+            jobs.append(
+                Job(
+                    experiment,
+                    out / "retrain" / candidate.name / f"seed-{seed}",
+                    extra={
+                        "source": candidate.source,
+                        "trial": candidate.trial,
+                        "budget": budget,
+                        **provenance,
+                    },
+                )
+            )
+    return jobs
+
+
+def retrain_all(
+    candidates: Sequence[Candidate],
     dataset: Dataset,
     *,
     data: DataConfig,
@@ -131,64 +192,81 @@ def retrain(
     progress: bool,
     export: bool,
     provenance: dict[str, Any],
-) -> dict[str, Any]:
-    """Train ``candidate`` for every seed (resuming what exists); return and write its summary."""
-    folder = out / "retrain" / candidate.name
-    bar = tqdm(
-        total=train.epochs * seeds,
-        desc=candidate.name,
-        unit="epoch",
-        disable=not progress,
-        dynamic_ncols=True,
+    concurrency: int = 1,
+    mps: bool = False,
+    on_summary: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train every candidate for every seed (``concurrency`` at a time, the longest first;
+    resuming what exists); write each candidate's summary as its last seed ends (and pass it
+    to ``on_summary``); return them in order. A training that diverged raises
+    ``TrainingDiverged`` once the others are done."""
+    jobs = retrain_jobs(
+        candidates,
+        data=data,
+        train=train,
+        seeds=seeds,
+        out=out,
+        budget=budget,
+        provenance=provenance,
     )
-    runs = []
-    try:
-        for i in range(seeds):
-            seed = train.seed + i
+    if force:
+        for job in jobs:
+            if job.out.exists():
+                _discard(job.out)
+    done: dict[int, Any] = {}
+    summaries: dict[int, dict[str, Any]] = {}
+    diverged: list[str] = []
+    index = {job.out: k // seeds for k, job in enumerate(jobs)}
 
-            def on_epoch(stats: EpochStats, i: int = i, seed: int = seed) -> None:
-                bar.n = i * train.epochs + stats.epoch
-                bar.set_postfix(
-                    seed=seed,
-                    loss=f"{stats.train_loss:.3f}",
-                    acc=f"{stats.train_acc:.3f}",
-                    img_s=f"{stats.images_per_s:,.0f}",
-                )
+    def finished(outcome: Outcome) -> None:
+        # As soon as every seed of a model has ended: its exports and summary, at once, so an
+        # interrupted retrain leaves the finished models summarised.
+        k = index[outcome.job.out]
+        done.setdefault(k, []).append(outcome)
+        if outcome.error:
+            diverged.append(f"{outcome.job.name}: {outcome.error}")
+        runs = done[k]
+        if len(runs) < seeds or any(o.metrics is None for o in runs):
+            return
+        runs.sort(key=lambda o: o.job.experiment.train.seed)
+        if export:
+            for o in runs:
+                _export(o.job.out, where=o.job.name)
+        candidate = candidates[k]
+        summary = summarize_runs(
+            candidate,
+            [o.metrics for o in runs],  # type: ignore[misc]
+            budget=budget,
+            device=device,
+        )
+        write_json_atomic(out / "retrain" / candidate.name / "summary.json", summary)
+        summaries[k] = summary
+        if on_summary is not None:
+            on_summary(summary)
 
-            experiment = Experiment(
-                name=candidate.name,
-                genotype=candidate.genotype,
-                data=data,
-                train=dataclasses.replace(train, seed=seed),
-                eval_each_epoch=False,  # no validation split: it was merged into training
-            )
-            run_dir = folder / f"seed-{seed}"
-            metrics = run_experiment(
-                experiment,
-                dataset,
-                run_dir,
-                device=device,
-                fresh=force,
-                progress=False,
-                extra={
-                    "source": candidate.source,
-                    "trial": candidate.trial,
-                    "budget": budget,
-                    **provenance,
-                },
-                on_epoch=on_epoch,
-                fresh_flag="--force",
-            )
-            bar.n = (i + 1) * train.epochs
-            bar.refresh()
-            if export:
-                _export(run_dir, where=f"{candidate.name} seed {seed}")
-            runs.append(metrics)
-    finally:
-        bar.close()
-    summary = summarize_runs(candidate, runs, budget=budget, device=device)
-    write_json_atomic(folder / "summary.json", summary)
-    return summary
+    run_jobs(
+        jobs,
+        datasets=DatasetCache({data: dataset}),
+        device=device,
+        concurrency=concurrency,
+        mps=mps,
+        progress=progress,
+        desc="retrain",
+        on_done=finished,
+    )
+    if diverged:
+        raise TrainingDiverged("; ".join(diverged))
+    return [summaries[k] for k in sorted(summaries)]
+
+
+def _discard(folder: Path) -> None:
+    """``--force``: a run folder, and nothing else, is started over."""
+    import shutil
+
+    from search.experiment import _check_discardable
+
+    _check_discardable(folder, "--force")
+    shutil.rmtree(folder)
 
 
 def _export(run_dir: Path, *, where: str) -> None:
@@ -348,6 +426,18 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile on CUDA")
     p.add_argument("--out", type=Path, help="output folder (default results/<study>)")
     p.add_argument("--force", action="store_true", help="train again what is already finished")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="trainings at once, the longest first (per GPU on CUDA; default 1)",
+    )
+    p.add_argument(
+        "--mps",
+        action="store_true",
+        help="with --concurrency on CUDA: run NVIDIA's Multi-Process Service meanwhile "
+        "(started and stopped here when available), so trainings share the GPU at once",
+    )
     p.add_argument("--no-export", action="store_true", help="skip TorchScript/ONNX exports")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -363,6 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"--top must be an integer >= 1, but got {args.top}")
         if args.seeds < 1:
             raise UserError(f"--seeds must be an integer >= 1, but got {args.seeds}")
+        if args.concurrency < 1:
+            raise UserError(f"--concurrency must be an integer >= 1, but got {args.concurrency}")
         if args.study_name is None and not args.arch:
             raise UserError(
                 "nothing to retrain: give --study-name (and --storage) for the best trials of a "
@@ -473,26 +565,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         + f", warmup {warmup:g} epochs, EMA {train.ema_decay or 'off'}, {args.seeds} seed(s), "
         f"TTA {train.tta_views} views, on {device}"
     )
-    summaries = []
+    summaries: list[dict[str, Any]] = []
+
+    def summarised(summary: dict[str, Any]) -> None:
+        summaries.append(summary)
+        write_leaderboard(out)
+
     try:
-        for candidate in candidates + references:
-            summaries.append(
-                retrain(
-                    candidate,
-                    dataset,
-                    data=data,
-                    train=train,
-                    seeds=args.seeds,
-                    out=out,
-                    device=device,
-                    budget=budget,
-                    force=args.force,
-                    progress=progress,
-                    export=not args.no_export,
-                    provenance={"study": args.study_name},
-                )
-            )
-            write_leaderboard(out)
+        retrain_all(
+            candidates + references,
+            dataset,
+            data=data,
+            train=train,
+            seeds=args.seeds,
+            out=out,
+            device=device,
+            budget=budget,
+            force=args.force,
+            progress=progress,
+            export=not args.no_export,
+            provenance={"study": args.study_name},
+            concurrency=args.concurrency,
+            mps=args.mps,
+            on_summary=summarised,
+        )
+        write_leaderboard(out)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -36,6 +36,21 @@ from search.artifacts import artifact_dir, upload_trial_artifacts
 from search.config import DataConfig, configure_torch, load_sections, merge, resolve_device
 from search.data import Dataset, Decoded, decode, save_cache, split_as_configured
 from search.live import LiveFront
+from search.stages import story
+from search.stages.race import (
+    choice_of,
+    choose,
+    race_folder,
+    record_choice,
+    run_race,
+)
+from search.stages.recipe import describe_augment, run_recipe_stage
+from search.stages.references import (
+    reference_path,
+    resolve_references,
+    seed_study,
+    train_yardsticks,
+)
 from search.storage import (
     ClaimLock,
     StorageSpec,
@@ -46,11 +61,14 @@ from search.storage import (
 )
 from search.study import (
     MAX_STUDY_NAME,
+    RACE_LENGTH,
+    RECIPES,
     STOP,
     Context,
     SearchConfig,
     SearchSettings,
     budget_label,
+    check_sampler,
     count_active,
     dataset_label,
     fail_stale_trials,
@@ -59,13 +77,14 @@ from search.study import (
     no_result_line,
     open_study,
     recorded_settings,
+    resolve_recipe,
     resolve_space,
     summarize,
     trial_line,
     work,
 )
 from search.training import TrainConfig
-from space import format_count, parse_budget
+from space import Genotype, format_count, parse_budget
 from space._cli import ArgumentParser
 from space._io import check_writable_folder, disk_full_message
 from space.errors import UserError
@@ -117,6 +136,36 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate at the batch size")
     p.add_argument("--results", help="results folder (default results)")
+    p.add_argument(
+        "--recipe",
+        help="how trials train: standard (one recipe for all: the search ranks architectures, "
+        "then searches the recipe of the chosen one), joint (the recipe drawn with each "
+        "architecture) or an architecture file whose [augment] recipe all train with "
+        "(default: the study's, else standard)",
+    )
+    p.add_argument("--sampler", help="tpe (default), random, nsga2 or gp (needs scipy)")
+    p.add_argument(
+        "--reference",
+        action="append",
+        dest="references",
+        help="a hand-designed network of the budget (a name in configs/reference/ or a TOML "
+        "file; repeatable; default: those filling half to all of the budget)",
+    )
+    p.add_argument(
+        "--race-top",
+        type=int,
+        help="leaders raced at a longer setting before choosing (default 6; 0: no race)",
+    )
+    p.add_argument("--race-epochs", type=int, help="the race's length (default 2x the trial's)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        help="trainings at once in the stages beside the trials: yardsticks, race, recipe "
+        "stage (per GPU on CUDA; default 1)",
+    )
+    p.add_argument(
+        "--recipe-trials", type=int, help="recipes tried for the chosen network (default 8)"
+    )
     p.add_argument("--no-progress", action="store_true", help="log lines only, no bars")
     # Set by --workers on the processes it starts: run trials quietly, the parent reports.
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
@@ -157,6 +206,13 @@ def resolve(args: argparse.Namespace, presets: Mapping[str, Mapping] | None = No
         "device": args.device,
         "workers": args.workers,
         "results": args.results,
+        "recipe": args.recipe,
+        "sampler": args.sampler,
+        "references": tuple(args.references) if args.references else None,
+        "race_top": args.race_top,
+        "race_epochs": args.race_epochs,
+        "recipe_trials": args.recipe_trials,
+        "concurrency": args.concurrency,
     }
     if args.budget is not None:
         parse_budget(args.budget)  # the flag's own message, not the config's
@@ -208,6 +264,11 @@ def resolve(args: argparse.Namespace, presets: Mapping[str, Mapping] | None = No
         )
     check_writable_folder(results)
     check_storage_location(spec)
+    check_sampler(search.sampler)
+    for reference in search.references or ():
+        reference_path(reference)
+    if search.recipe not in (None, *RECIPES):
+        resolve_recipe(search.recipe, None)  # the file must hold a genotype
     return Plan(search, data, train, budget, space, name, spec.url, device)
 
 
@@ -271,20 +332,30 @@ def _main(argv: Sequence[str] | None) -> int:
         storage = None
         if inspect_storage(spec) == "optuna":  # opening Optuna's own records writes nothing
             storage = open_storage(spec, heartbeat=plan.search.heartbeat, grace=plan.search.grace)
-        data, dataset = split_for_search(
-            decoded, plan.data, recorded_settings(storage, plan.study_name)
+        recorded = recorded_settings(storage, plan.study_name)
+        data, dataset = split_for_search(decoded, plan.data, recorded)
+        recipe = resolve_recipe(plan.search.recipe, recorded)
+        references = resolve_references(
+            plan.search.references,
+            budget=plan.budget,
+            max_macs=plan.search.budget_macs,
+            num_classes=dataset.num_classes,
+            in_channels=dataset.in_channels,
+            image_size=dataset.image_size,
+            recipe=recipe,
         )
         if storage is None:
             storage = open_storage(spec, heartbeat=plan.search.heartbeat, grace=plan.search.grace)
         settings = SearchSettings(
             budget=plan.budget,
-            space=plan.space,
+            space=plan.space if recipe is None else plan.space.with_recipe(recipe),
             data=data,
             dataset=fingerprint(dataset),
             train=plan.train,
             min_epochs=plan.search.min_epochs,
             reduction_factor=plan.search.reduction_factor,
             max_macs=plan.search.budget_macs,
+            recipe=recipe,
         )
         study = open_study(storage, plan.study_name, settings, dataset)
         save_cache(decoded)
@@ -310,6 +381,15 @@ def _main(argv: Sequence[str] | None) -> int:
         lock.acquire()  # as the workers do: a trial being claimed is never taken for stale
         try:
             stale = fail_stale_trials(study, grace=plan.search.grace)
+            # The references the space can express become the study's first trials (once).
+            seed_study(
+                study,
+                settings.space,
+                references,
+                budget=plan.budget,
+                max_macs=plan.search.budget_macs,
+                dataset=dataset,
+            )
         finally:
             lock.close()
         print(f"study   {plan.study_name} in {spec.display}")
@@ -322,8 +402,30 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"data    {dataset.describe()}")
         print(
             f"device  {plan.device}; {plan.search.workers} worker(s); "
-            f"up to {plan.train.epochs} epochs a trial"
+            f"up to {plan.train.epochs} epochs a trial; "
+            + (
+                "every trial with the recipe: " + describe_augment(recipe)
+                if recipe is not None
+                else "the recipe drawn with each architecture (joint)"
+            )
         )
+        record = study.user_attrs.get("references") or {}
+        if record.get("enqueued") or record.get("yardsticks"):
+            print(
+                "refs    "
+                + "; ".join(
+                    part
+                    for part in (
+                        "first trials: " + ", ".join(record["enqueued"])
+                        if record.get("enqueued")
+                        else "",
+                        "yardsticks beside the search: " + ", ".join(record["yardsticks"])
+                        if record.get("yardsticks")
+                        else "",
+                    )
+                    if part
+                )
+            )
         if stale:
             print(
                 f"found {len(stale)} trial(s) left running by a stopped run: "
@@ -336,6 +438,25 @@ def _main(argv: Sequence[str] | None) -> int:
         None if child else LiveFront(study, journal=spec.path if spec.kind == "journal" else None)
     )
     try:
+        if not child:
+            lock = ClaimLock(spec, storage, plan.study_name)
+            try:
+                train_yardsticks(
+                    study,
+                    settings,
+                    dataset,
+                    references,
+                    seed=plan.search.seed,
+                    device=plan.device,
+                    concurrency=plan.search.concurrency,
+                    folder=Path(plan.search.results) / plan.study_name / "yardsticks",
+                    lock=lock,
+                    progress=progress,
+                    stop=STOP,
+                    mps=plan.search.mps,
+                )
+            finally:
+                lock.close()
         if plan.search.workers > 1 and not child:
             stopped = _supervise(
                 plan, argv, study, progress=progress, deadline=deadline, front=front
@@ -374,12 +495,102 @@ def _main(argv: Sequence[str] | None) -> int:
             file=sys.stderr,
         )
         return 1
-    if not child:
-        front.finish()  # type: ignore[union-attr]
-        _print_summary(plan, study, before, started)
-        if stopped not in ("done", "timeout"):
-            print(f"stopped early: {stopped}", file=sys.stderr)
+    if child:
+        return 0 if stopped in ("done", "timeout") else 1
+    if stopped in ("done", "timeout"):
+        try:
+            _after_trials(plan, settings, study, storage, spec, dataset, progress=progress)
+        except KeyboardInterrupt:
+            print(
+                "interrupted: finished epochs are kept; run the same command again to continue",
+                file=sys.stderr,
+            )
+            front.finish()  # type: ignore[union-attr]
+            _print_summary(plan, study, before, started)
+            return 130
+        except Exception as exc:  # a full disk: one line, and everything finished is kept
+            full = disk_full_message(exc, Path(plan.search.results))
+            if full is None:
+                raise
+            print(f"error: {full}; free some space and run the same command again", file=sys.stderr)
+            return 1
+    front.finish()  # type: ignore[union-attr]
+    _print_summary(plan, study, before, started)
+    if stopped not in ("done", "timeout"):
+        print(f"stopped early: {stopped}", file=sys.stderr)
     return 0 if stopped in ("done", "timeout") else 1
+
+
+def _after_trials(
+    plan: Plan,
+    settings: SearchSettings,
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    spec: StorageSpec,
+    dataset: Dataset,
+    *,
+    progress: bool,
+) -> None:
+    """The race of the leaders, the recipe stage of the chosen network, and the choice."""
+    search = plan.search
+    results = Path(search.results) / plan.study_name
+    race_epochs = search.race_epochs or RACE_LENGTH * plan.train.epochs
+    lock = ClaimLock(spec, storage, plan.study_name)
+    try:
+        race = None
+        if search.race_top > 0:
+            print(
+                f"\nrace: the {search.race_top} best searched architectures and the best "
+                f"reference, {race_epochs} epochs, {search.race_seeds} seed(s) each"
+            )
+            race = run_race(
+                study,
+                settings,
+                dataset,
+                top=search.race_top,
+                seeds=search.race_seeds,
+                epochs=race_epochs,
+                seed=search.seed,
+                device=plan.device,
+                concurrency=search.concurrency,
+                folder=race_folder(Path(search.results), plan.study_name, race_epochs),
+                lock=lock,
+                progress=progress,
+                stop=STOP,
+                mps=search.mps,
+            )
+        chosen = choose(study, plan.budget, race)
+        if chosen is None:
+            return
+        recipe = None
+        if settings.recipe is not None and search.recipe_trials > 0:
+            recipe_epochs = search.recipe_epochs or race_epochs
+            print(
+                f"\nrecipe stage: {search.recipe_trials} recipes for {chosen['name']}, "
+                f"{recipe_epochs} epochs each"
+            )
+            recipe = run_recipe_stage(
+                storage,
+                study,
+                settings,
+                dataset,
+                space=plan.space,
+                trial=chosen["trial"],
+                genotype=Genotype.from_dict(chosen["genotype"]),
+                trials=search.recipe_trials,
+                epochs=recipe_epochs,
+                seed=search.seed,
+                device=plan.device,
+                concurrency=search.concurrency,
+                folder=results,
+                lock=lock,
+                progress=progress,
+                stop=STOP,
+                mps=search.mps,
+            )
+        record_choice(study, chosen, recipe, lock=lock)
+    finally:
+        lock.close()
 
 
 def _run_worker(
@@ -642,14 +853,25 @@ def _print_summary(plan: Plan, study: optuna.Study, before: set[int], started: f
                 f"{t.user_attrs['budget_share']:6.1%}  "
                 f"{format_count(t.user_attrs.get('macs', 0)):>7}  {minutes:5.1f}  "
                 f"{t.user_attrs['key']}"
+                + (
+                    f"  (reference {t.user_attrs['reference']})"
+                    if "reference" in t.user_attrs
+                    else ""
+                )
             )
+    told = story(study.get_trials(deepcopy=False), study.user_attrs, plan.budget)
+    if told:
+        print()
+        for line in told:
+            print(line)
+    chosen = choice_of(study)
     spec = parse_storage(plan.storage_url)
     artifacts = artifact_dir(Path(plan.search.results), plan.study_name)
     print(f"\nstudy stored in {spec.display}; trial artifacts in {artifacts}")
     print(f"dashboard: optuna-dashboard {spec.dashboard_target} --artifact-dir {artifacts}")
     print(
-        f"retrain the best: python -m search.retrain --storage {spec.display} "
-        f"--study-name {plan.study_name} --top 3"
+        f"retrain the {'choice' if chosen else 'best'}: python -m search.retrain --storage "
+        f"{spec.display} --study-name {plan.study_name} --top {1 if chosen else 3}"
     )
 
 

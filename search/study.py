@@ -41,12 +41,18 @@ from search.config import DataConfig, first_difference
 from search.data import Dataset
 from search.storage import ClaimLock
 from search.training import EpochStats, TrainConfig, TrainingDiverged, fit
-from space import BudgetCheck, build, count, format_count, parse_budget
+from space import Augment, BudgetCheck, build, count, format_count, parse_budget
 from space._io import check_path
 from space.errors import UserError
 from space.searchspace import SearchSpace, sample
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+SAMPLERS = ("tpe", "random", "nsga2", "gp")
+# The recipe every reference file carries (configs/reference/*.toml): pad-4 crop, flip and label
+# smoothing 0.1. By default every trial trains with it, so that trials compare architectures.
+STANDARD_RECIPE = Augment(crop_padding=4, flip=True, label_smoothing=0.1)
+RECIPES = ("standard", "joint")
+RACE_LENGTH = 2  # the race's default length, in trial lengths (see search.fidelity's result)
 # Trials that count toward the study's total. A WAITING trial (a queued retry) counts once it
 # runs: ``study.optimize`` takes a waiting trial before it draws a new one.
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -95,6 +101,27 @@ class SearchConfig:
     cudnn_benchmark: bool = True  # cuDNN autotuning per network (CUDA); see configure_torch
     heartbeat: int = 30  # seconds between heartbeats of a running trial (RDB storages)
     grace: int = 120  # seconds of silence after which another worker fails and retries it
+    # How the trials train. "standard": every candidate with the references' standard recipe
+    # (crop 4, flip, label smoothing 0.1), so that validation accuracy compares architectures,
+    # and the space's augmentation choices are searched afterwards for the chosen one (the
+    # recipe stage); a path to an architecture file: its [augment] recipe, the same way;
+    # "joint": the recipe is drawn with each architecture. None: the recipe of the study being
+    # resumed (one made before this setting existed: joint), else "standard".
+    recipe: str | None = None
+    sampler: str = "tpe"  # tpe, random, nsga2 (a genetic search) or gp (needs scipy)
+    # The budget's hand-designed networks (names in configs/reference/ or TOML paths): enqueued
+    # as the first trials where the space expresses them, else trained beside as yardsticks.
+    # None: every file in configs/reference/ filling half to all of the budget (within max_macs).
+    references: tuple[str, ...] | None = None
+    race_top: int = 6  # distinct leaders raced (with the best reference) after the trials; 0: none
+    race_seeds: int = 2  # seeds of every race entry
+    race_epochs: int | None = None  # the race's length; None: RACE_LENGTH times the trial's
+    recipe_trials: int = 8  # recipes tried for the chosen network (not in joint mode); 0: none
+    recipe_epochs: int | None = None  # the recipe stage's length; None: the race's
+    # Trainings at once in the stages beside the trials (yardsticks, race, recipe stage), each
+    # in a process of its own: per GPU on CUDA (with mps, under NVIDIA's Multi-Process Service).
+    concurrency: int = 1
+    mps: bool = False
 
     def __post_init__(self) -> None:
         parse_budget(self.budget)
@@ -119,6 +146,33 @@ class SearchConfig:
         if self.grace <= self.heartbeat:
             raise SearchConfigError(
                 f"grace ({self.grace} s) must be longer than heartbeat ({self.heartbeat} s)"
+            )
+        if self.sampler not in SAMPLERS:
+            raise SearchConfigError(
+                f"sampler must be one of {', '.join(SAMPLERS)}, but got {self.sampler!r}"
+            )
+        if self.concurrency < 1:
+            raise SearchConfigError(
+                f"concurrency must be an integer >= 1, but got {self.concurrency!r}"
+            )
+        for name in ("race_top", "recipe_trials"):
+            if getattr(self, name) < 0:
+                raise SearchConfigError(
+                    f"{name} must be an integer >= 0, but got {getattr(self, name)!r}"
+                )
+        for name in ("race_seeds", "race_epochs", "recipe_epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SearchConfigError(f"{name} must be an integer >= 1, but got {value!r}")
+        if (
+            self.recipe is not None
+            and self.recipe not in RECIPES
+            and not self.recipe.endswith(".toml")
+        ):
+            raise SearchConfigError(
+                f"recipe must be {' or '.join(repr(r) for r in RECIPES)} or an architecture "
+                f"file (.toml) whose [augment] recipe every trial trains with, but got "
+                f"{self.recipe!r}"
             )
         if self.study_name is not None and not is_name(self.study_name):
             raise SearchConfigError(
@@ -203,6 +257,7 @@ class SearchSettings:
     min_epochs: int
     reduction_factor: int
     max_macs: int | None = None  # multiply-accumulates per image; None = no compute budget
+    recipe: Augment | None = None  # the one recipe every trial trains with; None = joint
 
     def record(self) -> dict[str, Any]:
         # The data is compared by content, not by path: machines sharing a study may keep the
@@ -212,6 +267,7 @@ class SearchSettings:
             "budget": self.budget,
             # Recorded only when set, so that a study made before it existed still resumes.
             **({"max_macs": self.max_macs} if self.max_macs is not None else {}),
+            **({"recipe": dataclasses.asdict(self.recipe)} if self.recipe is not None else {}),
             "space": self.space.to_dict(),
             "data": data,
             "dataset": self.dataset,
@@ -254,6 +310,30 @@ def describe_dataset(dataset: Dataset) -> dict[str, Any]:
         "mean": list(dataset.mean),
         "std": list(dataset.std),
     }
+
+
+def resolve_recipe(value: str | None, recorded: dict[str, Any] | None) -> Augment | None:
+    """The one recipe every trial trains with, None for a joint search: ``value`` as
+    ``SearchConfig.recipe`` says, and with None the recipe of the study being resumed (a study
+    recorded before the setting existed searched jointly), else the standard one."""
+    if value is None:
+        if recorded is None:
+            return STANDARD_RECIPE
+        raw = recorded.get("recipe")
+        return Augment(**raw) if isinstance(raw, dict) else None
+    if value == "joint":
+        return None
+    if value == "standard":
+        return STANDARD_RECIPE
+    check_path(Path(value), what=f"recipe {value[:80]!r}")
+    if not Path(value).is_file():
+        raise UserError(
+            f"recipe {value!r}: no such file (expected 'standard', 'joint' or an architecture "
+            "file whose [augment] table is the recipe)"
+        )
+    from space import Genotype
+
+    return Genotype.load(value).augment
 
 
 def recorded_settings(
@@ -331,24 +411,59 @@ def host_salt() -> int:
     return zlib.crc32(provenance.host().encode()) * 104_729
 
 
-def make_sampler(config: SearchConfig, *, existing: int, worker: int) -> optuna.samplers.TPESampler:
-    """TPE, multivariate over the dynamic (per-stage) space, with constant liar for parallel
-    workers. The seed also depends on how many trials exist, which worker asks and on which
-    machine, so a resumed run or another worker does not repeat the first one's random start.
+def make_sampler(
+    config: SearchConfig, *, existing: int, worker: int
+) -> optuna.samplers.BaseSampler:
+    """The sampler ``config.sampler`` names. The seed also depends on how many trials exist,
+    which worker asks and on which machine, so a resumed run or another worker does not repeat
+    the first one's random start.
 
-    The first ``startup_trials`` trials of the study are random, whatever Hyperband bracket they
-    land in: Optuna's bracket view of the study filters ``get_trials`` for the pruner, but TPE
-    reads ``_get_trials`` and so counts and models every trial of the study.
+    - ``tpe``: multivariate over the dynamic (per-stage) space, grouped, with constant liar for
+      parallel workers. The first ``startup_trials`` trials of the study are random, whatever
+      Hyperband bracket they land in: Optuna's bracket view of the study filters ``get_trials``
+      for the pruner, but TPE reads ``_get_trials`` and so counts and models every trial.
+    - ``random``: every choice drawn uniformly: the baseline any other must beat.
+    - ``nsga2``: a genetic search (NSGA-II on one objective: tournament selection, uniform
+      crossover, mutation), generations of ``startup_trials`` trials (at least 4); it reads the
+      trials' constraints, so an over-budget parent is never preferred.
+    - ``gp``: Gaussian-process Bayesian optimisation (needs scipy); it models the choices that
+      every trial has, and draws the per-stage ones at random.
     """
+    seed = (config.seed * 1_000_003 + existing * 7919 + worker + host_salt()) % 2**32
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if config.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if config.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(
+                seed=seed, population_size=max(4, config.startup_trials)
+            )
+        if config.sampler == "gp":
+            return optuna.samplers.GPSampler(
+                seed=seed,
+                n_startup_trials=config.startup_trials,
+                deterministic_objective=False,
+                warn_independent_sampling=False,
+            )
         return optuna.samplers.TPESampler(
-            seed=(config.seed * 1_000_003 + existing * 7919 + worker + host_salt()) % 2**32,
+            seed=seed,
             n_startup_trials=config.startup_trials,
             multivariate=True,
             group=True,
             constant_liar=True,
         )
+
+
+def check_sampler(name: str) -> None:
+    """Refuse a sampler this machine cannot run, before anything starts."""
+    if name == "gp":
+        try:
+            import scipy  # noqa: F401
+        except ImportError:
+            raise SearchConfigError(
+                "sampler 'gp' needs scipy, which is not installed: pip install scipy (or use "
+                "tpe, random or nsga2)"
+            ) from None
 
 
 # -- one trial -------------------------------------------------------------------------------
@@ -417,6 +532,7 @@ def objective(trial: optuna.Trial, ctx: Context) -> float:
 
     train = dataclasses.replace(ctx.settings.train, seed=ctx.seed + trial.number)
     trial.set_user_attr("device", provenance.device_name(ctx.device))
+    reference = "reference" in trial.user_attrs
     epochs: list[EpochStats] = []
     # Validation runs where Hyperband reads it (its rungs, and the last epoch), unless the
     # search asks for whole learning curves; the accuracies are the trial's intermediate values.
@@ -429,8 +545,9 @@ def objective(trial: optuna.Trial, ctx: Context) -> float:
             return
         trial.report(stats.eval_acc, stats.epoch)
         # The last epoch is never pruned: the trial's training is done by then, and Optuna's
-        # Hyperband has a rung there that would throw a fully trained result away.
-        if stats.epoch < train.epochs and trial.should_prune():
+        # Hyperband has a rung there that would throw a fully trained result away. A reference
+        # is never pruned: it is the yardstick the searched networks are weighed against.
+        if stats.epoch < train.epochs and not reference and trial.should_prune():
             raise optuna.TrialPruned(f"pruned by Hyperband after epoch {stats.epoch}")
 
     torch.manual_seed(train.seed)

@@ -1,14 +1,22 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 
 import optuna
 import pytest
 
-from space import UserError, build, count_params, scale_widths
+from space import Augment, Genotype, UserError, build, count_params, scale_widths
 from space._toml import load_toml
-from space.searchspace import SearchSpace, sample, smallest_network
+from space.searchspace import (
+    AUGMENT_CHOICES,
+    SearchSpace,
+    express,
+    sample,
+    sample_augment,
+    smallest_network,
+)
 from tests.conftest import ROOT
 
 DEFAULT = ROOT / "configs" / "space" / "default.toml"
@@ -160,3 +168,85 @@ def test_smallest_network_is_no_larger_than_any_drawn_one(fit: bool) -> None:
     assert smallest <= min(counts)
     if fit:  # every width at its narrowest: random draws come close; not a meaningless floor
         assert smallest >= min(counts) * 0.5
+
+
+# -- one recipe, and the references in the space ----------------------------------------------
+
+STANDARD = Augment(crop_padding=4, flip=True, label_smoothing=0.1)
+AUGMENT_NAMES = set(AUGMENT_CHOICES)
+
+
+def test_a_space_with_one_recipe_draws_no_augmentation() -> None:
+    space = SearchSpace.load(DEFAULT).with_recipe(STANDARD)
+    s = study(seed=3)
+    for _ in range(50):
+        trial = s.ask()
+        g = sample(trial, space, budget=400_000, num_classes=10).genotype
+        assert g.augment == STANDARD
+        assert not AUGMENT_NAMES & set(trial.params)
+    assert not space.draws_recipe and SearchSpace.load(DEFAULT).draws_recipe
+    # recorded and read back, the recipe stays fixed
+    again = SearchSpace.from_dict(space.to_dict())
+    assert again.params == space.params
+
+
+def test_the_recipe_space_draws_the_augmentation_alone() -> None:
+    recipes = SearchSpace.load(DEFAULT).recipe_space()
+    assert set(recipes.params) == AUGMENT_NAMES
+    s = study(seed=4)
+    drawn = {sample_augment(s.ask(), recipes) for _ in range(40)}
+    assert len(drawn) > 10  # the space's choices, not one recipe
+
+
+@pytest.mark.parametrize(
+    ("name", "budget", "expressible"),
+    [
+        ("resnet20", 400_000, True),
+        ("mini-resnet", 400_000, True),
+        ("small-res-dropout", 400_000, False),  # head dropout 0.2: the space has 0, 0.1, 0.3
+        ("resnet32", 400_000, False),  # over the budget
+        ("res4-32", 5_000_000, True),
+        ("res3-66", 5_000_000, False),  # widths off the space's 8-channel grid
+        ("resnet20", 5_000_000, False),  # fills 5% of the budget; the space draws 50-100%
+    ],
+)
+def test_express_finds_the_choices_that_draw_a_reference(
+    name: str, budget: int, expressible: bool
+) -> None:
+    g = Genotype.load(ROOT / "configs" / "reference" / f"{name}.toml")
+    space = SearchSpace.load(DEFAULT).with_recipe(g.augment)
+    values = express(g, space, budget=budget, num_classes=10)
+    assert (values is not None) == expressible
+    if values is None:
+        return
+    # Through Optuna itself, as the search enqueues it: the trial draws exactly the reference.
+    s = study(seed=5)
+    s.enqueue_trial(values, user_attrs={"reference": name})
+    trial = s.ask()
+    assert trial.user_attrs["reference"] == name
+    assert sample(trial, space, budget=budget, num_classes=10).genotype == g
+
+
+def test_every_expressed_draw_of_the_mixed_space_comes_back_through_optuna() -> None:
+    # Soundness over many genotypes: whenever express answers, an Optuna trial given its values
+    # draws the same genotype (categorical values of the right type, floats inside their ranges).
+    space = SearchSpace.load(ROOT / "configs" / "space" / "mixed.toml")
+    s = study(seed=6)
+    answered = 0
+    for _ in range(300):
+        g = sample(s.ask(), space, budget=400_000, num_classes=10).genotype
+        # widths on exact ratios of each other, as hand-designed networks have them
+        g = g.replace(
+            stages=tuple(
+                dataclasses.replace(st, width=16 * 2**i) for i, st in enumerate(g.stages)
+            ),
+            stem_width=16,
+        )
+        values = express(g, space, budget=400_000, num_classes=10)
+        if values is None:
+            continue
+        answered += 1
+        inner = study(seed=7)
+        inner.enqueue_trial(values)
+        assert sample(inner.ask(), space, budget=400_000, num_classes=10).genotype == g
+    assert answered >= 10
