@@ -3,6 +3,7 @@
     python scripts/bench_train.py                                  # short CPU run, random images
     python scripts/bench_train.py --device cuda --data data/cifar10-jpeg
     python scripts/bench_train.py --device cuda --compile --models resnet20 res3-66
+    python scripts/bench_train.py --device cuda --modes       # eager vs CUDA graph vs compile
 
 For each architecture (names in configs/reference/ or TOML paths; default resnet20, ~0.3M
 parameters, and res4-32, ~4.8M: of the two 5M references it has the channel widths a search
@@ -32,13 +33,27 @@ processes make single timings noisy). On CUDA every timed region is bracketed by
 the ideal is 0).
 Without ``--data`` the images are random uint8 of CIFAR shape, so the script runs anywhere.
 Figures land in ``results/bench/train-<device>-<timestamp>.json``.
+
+``--modes`` compares, instead of the rows above, the ways ``fit`` can run the model (default
+models resnet20, mobilenetv2-cifar and res3-66): eager, ``cuda_graph`` (``TrainConfig``'s
+captured forward and backward), optionally ``compile`` (``TrainConfig.compile``: plain
+``torch.compile``) and ``reduce-overhead`` (``torch.compile(mode="reduce-overhead")``: Inductor's
+own CUDA graphs). Each mode is timed as the fit row is (a fresh two-epoch fit, the second epoch
+timed; the modes taking turns), and checked against eager: the same seed, weights and batches
+trained ``--check-steps`` steps (one step per epoch of one batch, so fit's history gives the loss
+of every step), the largest loss difference within ``LOSS_RTOL`` of eager's loss. On the CPU only
+eager runs; the other rows say "n/a on cpu". A line per model recommends ``cuda_graph`` on or
+off: on where the graph's losses agree with eager and it is at least ``GRAPH_MIN_GAIN`` faster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import io
 import itertools
+import math
 import os
 import re
 import sys
@@ -66,7 +81,9 @@ from search.data import ImageSet, load_dataset
 from search.opcount import counting_aten_ops
 from search.training import (
     SYNC_EVERY,
+    History,
     TrainConfig,
+    TrainingDiverged,
     fit,
     lr_at,
     parameter_groups,
@@ -83,6 +100,22 @@ SEARCH_EPOCH = 45_000  # images of one search epoch: CIFAR-10's training set les
 FULL_EPOCH = 50_000  # images of one retraining epoch on CIFAR-10's whole training set
 GENERATED = (45_000, 10_000)  # generated train and held-out images, as CIFAR-10 after the split
 GOAL_RATIO = 0.9  # pipeline images/s over ceiling images/s, on a GPU
+MODE_MODELS = ("resnet20", "mobilenetv2-cifar", "res3-66")  # --modes without --models
+MODES = ("eager", "cuda_graph", "reduce-overhead")  # --modes without names
+MODE_CHOICES = ("eager", "cuda_graph", "compile", "reduce-overhead")
+# A mode agrees with eager when every step's loss is within this fraction of eager's. bf16
+# autocast rounds to 8 significant bits (0.4%), and cuDNN's autotuned kernels and atomic adds
+# differ run to run, so a few steps of the same training on a GPU are expected to differ by
+# well under 1% (the eager row's difference, from a second eager run, shows the real floor); a
+# graph that replays stale inputs or loses the BatchNorm update moves the loss by far more.
+# On the CPU (fp32, the same threads) a rerun is exact.
+LOSS_RTOL = 0.02
+# Graphs go on only when they are at least this much faster: below it a gain is within the
+# run-to-run noise of one timed epoch, and a capture costs memory and a moment per trial.
+GRAPH_MIN_GAIN = 0.05
+DEFAULT_RULE = (
+    f"on where the graph's losses agree with eager and it is at least {GRAPH_MIN_GAIN:.0%} faster"
+)
 
 
 @dataclass(frozen=True)
@@ -99,6 +132,8 @@ class Settings:
     compile: bool  # torch.compile the model on CUDA, as TrainConfig.compile does
     channels_last: bool  # NHWC tensors, as TrainConfig.channels_last (default on)
     models: tuple[Path, ...]
+    modes: tuple[str, ...]  # --modes: the execution modes to compare, eager first; () = off
+    check_steps: int  # --modes: steps of the loss-agreement check
     data: str | None  # None: generated random images
     out: Path  # folder of the JSON file
 
@@ -138,9 +173,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--models",
         nargs="+",
-        default=list(DEFAULT_MODELS),
         help="architectures: names in configs/reference/ or TOML paths "
-        f"(default {' '.join(DEFAULT_MODELS)})",
+        f"(default {' '.join(DEFAULT_MODELS)}; with --modes {' '.join(MODE_MODELS)})",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument(
@@ -174,6 +208,20 @@ def build_parser() -> ArgumentParser:
         action="store_true",
         help="NCHW tensors instead of the trainer's default channels_last (to compare layouts)",
     )
+    p.add_argument(
+        "--modes",
+        nargs="*",
+        choices=MODE_CHOICES,
+        metavar="MODE",
+        help="instead of the pipeline rows, time fit in each execution mode and check its losses "
+        f"against eager: {', '.join(MODE_CHOICES)} (no names: {' '.join(MODES)}); "
+        "on CPU only eager runs",
+    )
+    p.add_argument(
+        "--check-steps",
+        type=int,
+        help="--modes: training steps whose losses must agree with eager's (default 8 CUDA, 3 CPU)",
+    )
     p.add_argument("--out", type=Path, default=Path("results") / "bench", help="JSON folder")
     return p
 
@@ -182,12 +230,18 @@ def resolve(argv: Sequence[str] | None) -> Settings:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
-    for name in ("batch_size", "steps", "warmup", "repeats", "eval_images"):
+    for name in ("batch_size", "steps", "warmup", "repeats", "eval_images", "check_steps"):
         value = getattr(args, name)
         least = 0 if name == "warmup" else 1
         if value is not None and value < least:
             flag = "--" + name.replace("_", "-")
             raise UserError(f"{flag} must be an integer >= {least}, but got {value}")
+    modes = () if args.modes is None else comparison_modes(args.modes)
+    if modes and args.compile:
+        raise UserError(
+            "--compile and --modes cannot be combined: --modes times compile as a mode of its own "
+            "(--modes eager compile reduce-overhead, say)"
+        )
     batch_size = args.batch_size or (TrainConfig().batch_size if cuda else 16)
     steps = args.steps or (SEARCH_EPOCH // batch_size if cuda else 2)
     return Settings(
@@ -200,10 +254,20 @@ def resolve(argv: Sequence[str] | None) -> Settings:
         eval_images=args.eval_images or (10_000 if cuda else 64),
         compile=args.compile,
         channels_last=not args.contiguous,
-        models=tuple(model_path(m) for m in args.models),
+        models=tuple(
+            model_path(m) for m in args.models or (MODE_MODELS if modes else DEFAULT_MODELS)
+        ),
+        modes=modes,
+        check_steps=args.check_steps or (8 if cuda else 3),
         data=args.data,
         out=args.out,
     )
+
+
+def comparison_modes(names: Sequence[str]) -> tuple[str, ...]:
+    """The modes to compare in a fixed order, eager (the reference) always first."""
+    chosen = set(names) | {"eager"} if names else set(MODES)
+    return tuple(m for m in MODE_CHOICES if m in chosen)
 
 
 def model_path(name: str) -> Path:
@@ -656,6 +720,265 @@ def eval_row(
     return Timed(name, warm, measure)
 
 
+# -- execution modes ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModeRow:
+    """One execution mode of one model: its speed and whether it trains as eager does."""
+
+    model: str
+    mode: str
+    images_per_s: float | None  # fit's second epoch, best round; None where it did not run
+    seconds_per_step: float | None
+    speedup: float | None  # images/s over eager's
+    setup_seconds: float | None  # first epoch's time over the timed one's (the 1st round):
+    # cuDNN autotuning, and the graph capture or compilation of the mode
+    agrees: bool | None  # every checked step's loss within LOSS_RTOL of eager's
+    max_loss_difference: float | None  # largest |loss - eager's loss| over the checked steps;
+    # on the eager row, a second eager run's: the noise floor
+    note: str  # why a row did not run ("n/a on cpu"), or what went wrong
+
+
+def loss_agreement(
+    reference: Sequence[float], losses: Sequence[float], *, rtol: float = LOSS_RTOL
+) -> tuple[bool, float]:
+    """(whether every loss is within ``rtol`` of the reference's, the largest absolute
+    difference); a non-finite loss never agrees."""
+    if len(reference) != len(losses) or not reference:
+        raise ValueError(
+            f"two loss trajectories of the same nonzero length are needed, but got "
+            f"{len(reference)} and {len(losses)} steps"
+        )
+    differences = [abs(a - b) for a, b in zip(reference, losses, strict=True)]
+    finite = all(math.isfinite(v) for v in (*reference, *losses))
+    worst = max(differences) if finite else math.inf
+    agree = finite and all(d <= rtol * abs(r) for d, r in zip(differences, reference, strict=True))
+    return agree, worst
+
+
+def recommend_cuda_graph(
+    eager: ModeRow, graph: ModeRow | None, *, min_gain: float = GRAPH_MIN_GAIN
+) -> str:
+    """'on' where the graph agrees with eager and is at least ``min_gain`` faster, 'off'
+    otherwise, 'n/a' where either was not measured (a CPU, or no cuda_graph row)."""
+    if graph is None or graph.images_per_s is None or eager.images_per_s is None:
+        return "n/a"
+    faster = graph.images_per_s >= (1 + min_gain) * eager.images_per_s
+    return "on" if graph.agrees and faster else "off"
+
+
+def default_cuda_graph(recommendations: dict[str, str]) -> str:
+    """One default from the per-model recommendations: 'on' or 'off' where they all say so,
+    'mixed' where they differ, 'n/a' where none was measured."""
+    measured = {r for r in recommendations.values() if r != "n/a"}
+    if not measured:
+        return "n/a"
+    return measured.pop() if len(measured) == 1 else "mixed"
+
+
+def in_mode(model: nn.Module, config: TrainConfig, mode: str) -> tuple[nn.Module, TrainConfig]:
+    """The model and config that make ``fit`` run ``mode``. TrainConfig.compile is plain
+    ``torch.compile``; reduce-overhead is compiled here and handed to fit as the model (fit's
+    parameters, .to() and train() reach the original through the wrapper), so TrainConfig gains
+    no field until the figures say the mode is worth one."""
+    if mode == "cuda_graph":
+        return model, dataclasses.replace(config, cuda_graph=True)
+    if mode == "compile":
+        return model, dataclasses.replace(config, compile=True)
+    if mode == "reduce-overhead":
+        return torch.compile(model, mode="reduce-overhead"), config
+    return model, config
+
+
+def cudagraph_skips() -> int:
+    """How often Inductor has declined its CUDA graphs in this process (a private counter: 0
+    where this torch has none)."""
+    with contextlib.suppress(Exception):
+        from torch._dynamo.utils import counters
+
+        return int(counters["inductor"]["cudagraph_skips"])
+    return 0
+
+
+def fit_in_mode(
+    g: Genotype, split: ImageSet, data: Data, config: TrainConfig, mode: str, s: Settings
+) -> tuple[History, list[str]]:
+    """A fresh model (seed 0) trained by ``fit`` in ``mode``; its history, and notes on what
+    the mode did not do (a failed capture trains eagerly and says so on stderr)."""
+    torch.manual_seed(0)
+    model = build(g, num_classes=data.num_classes, in_channels=split.images.shape[1])
+    model, config = in_mode(model, config, mode)
+    skips = cudagraph_skips()
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            history = fit(
+                model,
+                split,
+                augment=g.augment,
+                normalization=data.normalization,
+                num_classes=data.num_classes,
+                config=config,
+                device=s.device,
+            )
+    finally:
+        sys.stderr.write(stderr.getvalue())
+    notes = []
+    if "cuda_graph: capture failed" in stderr.getvalue():
+        notes.append("capture failed, trained eagerly")
+    if cudagraph_skips() > skips:
+        notes.append(f"Inductor skipped its CUDA graphs {cudagraph_skips() - skips}x")
+    return history, notes
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+
+
+def compare_modes(path: Path, data: Data, s: Settings) -> dict[str, Any]:
+    """Every mode of ``s.modes`` on one architecture: timed as the fit row, then its losses
+    checked against eager's; prints the table and the recommendation, returns them."""
+    g = Genotype.load(path)
+    in_channels = data.train.images.shape[1]
+    image_size = tuple(data.train.images.shape[2:])
+    params, macs = count(
+        g, num_classes=data.num_classes, in_channels=in_channels, image_size=image_size
+    )
+    print(f"\n{path.stem}: {params:,} parameters, {macs / 1e6:,.1f}M MACs per image")
+    config = train_config(s)
+    cuda = s.device.type == "cuda"
+    # Graphs (fit's and Inductor's) are CUDA only, and fit ignores compile on a CPU.
+    runnable = [m for m in s.modes if cuda or m == "eager"]
+    n = min(len(data.train), s.steps * s.batch_size)
+    split = data.train.take(torch.arange(n, device=s.device)) if n < len(data.train) else data.train
+
+    best: dict[str, float] = {}
+    setup: dict[str, float] = {}
+    notes: dict[str, list[str]] = {m: [] if m in runnable else ["n/a on cpu"] for m in s.modes}
+    for _ in range(s.repeats):
+        for mode in runnable:
+            if mode != "eager" and mode not in best and notes[mode]:
+                continue  # failed in an earlier round
+            try:
+                history, said = fit_in_mode(g, split, data, config, mode, s)
+            except Exception as exc:  # a mode the device cannot run; eager failing is a bug
+                if mode == "eager":
+                    raise
+                notes[mode].append(f"failed: {first_line(exc)}")
+                continue
+            first, timed = history.epochs[0], history.epochs[-1]
+            best[mode] = max(best.get(mode, 0.0), timed.images_per_s)
+            setup.setdefault(mode, max(0.0, first.seconds - timed.seconds))
+            notes[mode] += [note for note in said if note not in notes[mode]]
+
+    # The loss check: one batch, so each epoch is one step and fit's history holds every
+    # step's loss; the warmup over the first half, as a real run starts.
+    batch = data.train.take(torch.arange(min(len(data.train), s.batch_size), device=s.device))
+    check = dataclasses.replace(
+        config, epochs=s.check_steps, warmup_epochs=max(1.0, s.check_steps / 2)
+    )
+
+    def losses(mode: str) -> list[float] | None:
+        try:
+            history, _ = fit_in_mode(g, batch, data, check, mode, s)
+        except TrainingDiverged:
+            return [math.nan] * s.check_steps
+        except Exception as exc:
+            if mode == "eager":
+                raise
+            notes[mode].append(f"loss check failed: {first_line(exc)}")
+            return None
+        return [e.train_loss for e in history.epochs]
+
+    reference = losses("eager")
+    assert reference is not None
+    agreement: dict[str, tuple[bool, float]] = {}
+    for mode in runnable:
+        if mode in best:
+            trajectory = losses(mode)  # eager again: the noise floor
+            if trajectory is not None:
+                agreement[mode] = loss_agreement(reference, trajectory)
+    torch.compiler.reset()  # drop the compiled graphs and their memory pools
+
+    rows = []
+    for mode in s.modes:
+        ips = best.get(mode)
+        agree, worst = agreement.get(mode, (None, None))
+        rows.append(
+            ModeRow(
+                model=path.stem,
+                mode=mode,
+                images_per_s=ips,
+                seconds_per_step=s.batch_size / ips if ips else None,
+                speedup=ips / best["eager"] if ips else None,
+                setup_seconds=setup.get(mode),
+                agrees=agree,
+                max_loss_difference=worst,
+                note="; ".join(notes[mode]),
+            )
+        )
+    by_mode = {r.mode: r for r in rows}
+    recommendation = recommend_cuda_graph(by_mode["eager"], by_mode.get("cuda_graph"))
+    line = recommendation_line(rows, recommendation)
+    print_mode_table(rows, s)
+    print(f"  => {path.stem}: {line}")
+    return {
+        "name": path.stem,
+        "path": str(path),
+        "key": g.key(),
+        "params": params,
+        "macs": macs,
+        "loss_reference": reference,
+        "rows": [dataclasses.asdict(r) for r in rows],
+        "cuda_graph": recommendation,
+        "recommendation": line,
+    }
+
+
+def recommendation_line(rows: list[ModeRow], recommendation: str) -> str:
+    """'cuda_graph: on (1.42x eager, losses agree; reduce-overhead 1.30x)', say."""
+    by_mode = {r.mode: r for r in rows}
+    graph = by_mode.get("cuda_graph")
+    others = ", ".join(
+        f"{r.mode} {r.speedup:.2f}x" + ("" if r.agrees else " (losses differ)")
+        for r in rows
+        if r.mode not in ("eager", "cuda_graph") and r.speedup is not None
+    )
+    if recommendation == "n/a":
+        why = "n/a on cpu" if graph is not None and graph.note == "n/a on cpu" else "not measured"
+        return f"cuda_graph: n/a ({why}: graphs are CUDA only)"
+    assert graph is not None and graph.speedup is not None
+    agree = "losses agree" if graph.agrees else "losses differ from eager"
+    text = f"cuda_graph: {recommendation} ({graph.speedup:.2f}x eager, {agree}"
+    text += f"; {others})" if others else ")"
+    return text
+
+
+def print_mode_table(rows: list[ModeRow], s: Settings) -> None:
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    print(
+        f"  modes: fit, batch {s.batch_size}, best of {s.repeats} fresh 2-epoch trainings, the 2nd "
+        f"epoch ({s.steps} steps) timed; losses of {s.check_steps} steps on one batch from seed 0 "
+        f"agree within {LOSS_RTOL:.0%} of eager's"
+    )
+    print(
+        f"  {'model':<18} {'mode':<16} {'img/s':>9} {'ms/step':>8} {'x eager':>7} "
+        f"{'set-up s':>8} {'agrees':>6} {'max dloss':>9}  note"
+    )
+    for r in rows:
+        agrees = "-" if r.agrees is None else ("yes" if r.agrees else "no")
+        note = r.note or ("reference; dloss: a 2nd eager run" if r.mode == "eager" else "")
+        print(
+            f"  {r.model:<18} {r.mode:<16} {num(r.images_per_s, ',.1f'):>9} "
+            f"{num(r.seconds_per_step and r.seconds_per_step * 1e3, ',.1f'):>8} "
+            f"{num(r.speedup, '.2f'):>7} {num(r.setup_seconds, '.1f'):>8} {agrees:>6} "
+            f"{num(r.max_loss_difference, '.2e'):>9}  {note}"
+        )
+
+
 # -- output ----------------------------------------------------------------------------------
 
 
@@ -749,7 +1072,22 @@ def main(argv: list[str] | None = None) -> int:
             )
         data = load_data(s.data, s.device)
         print(f"data    {data.description}")
-        models = [bench_model(path, data, s) for path in s.models]
+        if s.modes:
+            models = []
+            compared = [compare_modes(path, data, s) for path in s.models]
+            default = default_cuda_graph({m["name"]: m["cuda_graph"] for m in compared})
+            print(f"\n=> cuda_graph as the CUDA default: {default} ({DEFAULT_RULE})")
+            modes = {
+                "modes": list(s.modes),
+                "check_steps": s.check_steps,
+                "loss_rtol": LOSS_RTOL,
+                "graph_min_gain": GRAPH_MIN_GAIN,
+                "rule": DEFAULT_RULE,
+                "cuda_graph_default": default,
+                "models": compared,
+            }
+        else:
+            models = [bench_model(path, data, s) for path in s.models]
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -773,6 +1111,7 @@ def main(argv: list[str] | None = None) -> int:
             "fit": s.fit,
             "eval_images": s.eval_images,
             "compile": s.compile,
+            "modes": list(s.modes),
             "bf16": s.device.type == "cuda" and TrainConfig().bf16,
             "channels_last": s.channels_last,
             "sync_every": SYNC_EVERY,
@@ -782,6 +1121,8 @@ def main(argv: list[str] | None = None) -> int:
         "goals": {"ratio": GOAL_RATIO, "epoch_images": [SEARCH_EPOCH, FULL_EPOCH]},
         "models": models,
     }
+    if s.modes:
+        record["mode_comparison"] = modes
     write_json_atomic(path, record)
     print(f"\nwrote {path}")
     return 0
