@@ -3,7 +3,9 @@ back fits in 8 files, and a campaign cut by the cap still leaves a readable lead
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -16,10 +18,12 @@ from tests.conftest import ROOT
 from tests.search.searchkit import campaign_preset
 
 
-def dry_run(tmp: Path, *, cap: int, retrain: str | None = None) -> tuple[int, Path, str]:
+def dry_run(
+    tmp: Path, *, cap: int, retrain: str | None = None, out: str = "out", **env: str
+) -> tuple[int, Path, str]:
     tables = {"retrain": retrain} if retrain else {}
     preset = campaign_preset(tmp, **tables)
-    out = tmp / "out"
+    out = tmp / out
     env = {
         **os.environ,
         "OUT": str(out),
@@ -33,6 +37,7 @@ def dry_run(tmp: Path, *, cap: int, retrain: str | None = None) -> tuple[int, Pa
             f"--device cpu --models {tmp / 'ref.toml'} --batch-size 8 "
             "--steps 2 --warmup 0 --repeats 1 --no-fit --eval-images 6"
         ),
+        **env,
     }
     done = subprocess.run(
         ["bash", str(ROOT / "scripts" / "device_check.sh")],
@@ -83,3 +88,37 @@ def test_a_campaign_cut_by_the_cap_leaves_a_readable_leaderboard(tmp_path: Path)
     board = leaderboard_in(out / "result.tar.gz")  # readable, possibly without rows yet
     assert {"budget", "source", "name", "test_acc_mean"} <= set(board.columns)
     assert "interrupted" in log
+
+
+@pytest.mark.slow
+def test_a_campaign_spans_two_calls_through_the_carried_tarball(tmp_path: Path) -> None:
+    retrain = "top = 1\nseeds = 2\nepochs = 120"
+    # Call 1: the cap lands in the retraining; the campaign's folders come back packed.
+    code, out, log = dry_run(tmp_path, cap=25, retrain=retrain, NAS_STEPS="campaign")
+    assert code == 0, log
+    carried = out / "campaign-tiny.tar.gz"
+    assert carried.is_file(), log
+    with tarfile.open(carried) as tar:
+        names = tar.getnames()
+    assert any(n.endswith("campaigns/tiny/log.json") for n in names)
+    assert not any(n.endswith(".safetensors") for n in names)
+    # Call 2, on a fresh machine: only the tarball carried in.
+    shutil.rmtree(tmp_path / "results")
+    (tmp_path / "carry").mkdir()
+    shutil.copy(carried, tmp_path / "carry")
+    code, out2, log2 = dry_run(
+        tmp_path,
+        cap=400,
+        retrain=retrain,
+        out="out2",
+        NAS_STEPS="campaign",
+        NAS_CARRY_DIR=str(tmp_path / "carry"),
+    )
+    assert code == 0, log2
+    assert "carry-in" in (out2 / "summary.txt").read_text()
+    assert "search at 20k: finished in an earlier session" in log2  # not searched again
+    board = pd.read_csv(tmp_path / "results" / "reference" / "tiny" / "leaderboard.csv")
+    own = board[board["recipe"] == "own"]
+    assert set(own["source"]) == {"search", "reference"} and set(own["seeds"]) == {2}
+    sessions = json.loads((tmp_path / "results" / "campaigns" / "tiny" / "log.json").read_text())
+    assert len(sessions["sessions"]) == 2

@@ -103,7 +103,9 @@ def run_recipe_stage(
         left = trials - len(done)
         if left <= 0:
             break
-        asked = [inner.ask() for _ in range(min(concurrency, left))]
+        with warnings.catch_warnings():  # ask/tell on a storage that keeps heartbeats
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            asked = [inner.ask() for _ in range(min(concurrency, left))]
         augments = [sample_augment(t, recipes) for t in asked]
         jobs = []
         for t, augment in zip(asked, augments, strict=True):

@@ -61,6 +61,9 @@ def search_args(tmp: Path, *extra: str, trials: int = 4) -> list[str]:
         "--no-progress",
         "--study-name",
         "tiny",
+        # The stages after the trials have tests of their own (test_stages.py).
+        *([] if "--race-top" in extra else ["--race-top", "0"]),
+        *([] if "--recipe-trials" in extra else ["--recipe-trials", "0"]),
         *extra,
     ]
 
@@ -86,7 +89,12 @@ def campaign_preset(tmp: Path, *, swap: bool = True, **tables: str) -> Path:
         (tmp / "ref.toml").write_text(REFERENCE)
     parts = {
         "campaign": f'device = "cpu"\nswap_recipes = {str(swap).lower()}',
-        "search": f'trials = 3\nspace = "{tmp / "space.toml"}"\nstartup_trials = 2',
+        # The race and recipe stages have tests of their own (test_stages, test_campaign);
+        # a joint search draws a recipe of its own, which the swapped recipes need.
+        "search": (
+            f'trials = 3\nspace = "{tmp / "space.toml"}"\nstartup_trials = 2\n'
+            'race_top = 0\nrecipe_trials = 0\nrecipe = "joint"'
+        ),
         "data": f'source = "{tmp / "data"}"\nval_size = 6',
         "train": "epochs = 2\nbatch_size = 8\nlr = 0.05\ntta_views = 1",
         "retrain": "top = 1\nseeds = 2\nepochs = 1\ntta_views = 1",

@@ -52,12 +52,13 @@ def test_campaign_runs_resumes_and_writes_a_comparison(
     calls = []
 
     def interrupted(*args: object, **kwargs: object) -> dict:
-        calls.append(args)
+        if "retrain" in Path(str(args[2])).parts:  # the search's yardstick trains before
+            calls.append(args)
         if len(calls) == 3:  # trial's two seeds done, then Ctrl-C in the reference's first
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("search.retrain.run_experiment", interrupted)
+    monkeypatch.setattr("search.jobs.run_experiment", interrupted)
     assert run(tmp_path, preset) == 130
     partial = pd.read_csv(out / "leaderboard.csv")  # readable, with what finished
     assert list(partial["name"]) == ["trial-" + str(int(partial["trial"].iloc[0]))]
@@ -70,7 +71,7 @@ def test_campaign_runs_resumes_and_writes_a_comparison(
         trials_before = con.execute("SELECT number, datetime_start FROM trials").fetchall()
     assert len(trials_before) == 3
 
-    monkeypatch.setattr("search.retrain.run_experiment", real)
+    monkeypatch.setattr("search.jobs.run_experiment", real)
     assert run(tmp_path, preset) == 0
     # Resumed: no trial searched again, no finished model trained again.
     with sqlite3.connect(db) as con:
@@ -327,3 +328,33 @@ def test_a_session_killed_mid_stage_keeps_its_time(tmp_path: Path) -> None:
     assert [("running" in s) for s in again.sessions] == [True, False]
     assert again.seconds("retrain") == 2.0 and again.seconds("search") == killed.seconds("search")
     assert not again.finished("search", "400k", "any")  # a killed stage never counts as done
+
+
+@pytest.mark.slow
+def test_campaign_races_the_leaders_and_retrains_the_choice(tmp_path: Path) -> None:
+    # The defaults: every trial with the standard recipe, the race, the recipe stage.
+    search = (
+        f'trials = 4\nspace = "{tmp_path / "space.toml"}"\nstartup_trials = 2\n'
+        "race_top = 2\nrace_epochs = 2\nrecipe_trials = 2"
+    )
+    preset = write_preset(tmp_path, search=search, swap=False)
+    assert run(tmp_path, preset) == 0
+    out = tmp_path / "results" / "reference" / "tiny"
+    board = pd.read_csv(out / "leaderboard.csv").set_index("name")
+    study = comparison.load_study_if_any(
+        f"sqlite:///{tmp_path / 'results' / 'campaigns' / 'tiny' / 'tiny-20k.db'}", "tiny-20k"
+    )
+    choice = study.user_attrs["choice"]
+    race = study.user_attrs["race"]
+    # The chosen network is the race's winner, retrained with the recipe the stage found.
+    assert board.loc[choice["name"], "chosen"]
+    assert board.loc[choice["name"], "key"] == choice["key"]
+    entry = next(e for e in race["entries"] if e["name"] == choice["name"])
+    assert board.loc[choice["name"], "race_val_acc"] == pytest.approx(entry["race_val_acc"])
+    # The reference, a yardstick here (the space cannot draw it at this budget), was raced.
+    assert study.user_attrs["references"]["yardsticks"] == ["ref"]
+    assert board.loc["ref", "race_val_acc"] == pytest.approx(
+        next(e for e in race["entries"] if e["name"] == "ref")["race_val_acc"]
+    )
+    readme = (out / "README.md").read_text()
+    assert "How the search chose at 20k" in readme and "references among the trials" in readme

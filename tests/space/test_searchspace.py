@@ -237,9 +237,7 @@ def test_every_expressed_draw_of_the_mixed_space_comes_back_through_optuna() -> 
         g = sample(s.ask(), space, budget=400_000, num_classes=10).genotype
         # widths on exact ratios of each other, as hand-designed networks have them
         g = g.replace(
-            stages=tuple(
-                dataclasses.replace(st, width=16 * 2**i) for i, st in enumerate(g.stages)
-            ),
+            stages=tuple(dataclasses.replace(st, width=16 * 2**i) for i, st in enumerate(g.stages)),
             stem_width=16,
         )
         values = express(g, space, budget=400_000, num_classes=10)

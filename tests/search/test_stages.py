@@ -1,0 +1,238 @@
+"""The stages around the trials (search.stages): references enqueued or trained as yardsticks,
+the race of the leaders, the recipe stage and the choice, on tiny generated images."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from search.retrain import select_trials
+from search.run import main as run_main
+from search.stages.race import pooled_spread, race_verdict, summarize_race
+from search.stages.references import standing_of
+from search.study import STANDARD_RECIPE
+from space import Genotype
+from tests.search.searchkit import REFERENCE, search_args
+
+BUDGET = "6k"
+# The tiny space can draw this one exactly (one basic block, stem half its width, 16 -> 8
+# channels at the budget's scale) ...
+EXPRESSIBLE = REFERENCE
+
+
+def yardstick_text() -> str:
+    """... and not this one: a head dropout of 0.2 is not among the space's 0, 0.1, 0.3."""
+    lines = REFERENCE.splitlines()
+    return "\n".join([lines[0], "head_dropout = 0.2", *lines[1:]]) + "\n"
+
+
+def stage_args(tmp: Path, *extra: str, trials: int = 6) -> list[str]:
+    (tmp / "ref.toml").write_text(EXPRESSIBLE)
+    (tmp / "odd.toml").write_text(yardstick_text())
+    args = search_args(
+        tmp,
+        "--reference",
+        str(tmp / "ref.toml"),
+        "--reference",
+        str(tmp / "odd.toml"),
+        "--race-top",
+        "2",
+        "--race-epochs",
+        "3",
+        "--recipe-trials",
+        "3",
+        *extra,
+        trials=trials,
+    )
+    args[args.index("--budget") + 1] = BUDGET
+    return args
+
+
+def load(tmp: Path) -> optuna.Study:
+    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp / 'results' / 'tiny.db'}")
+
+
+@pytest.mark.slow
+def test_a_search_seeds_races_searches_the_recipe_and_chooses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run_main(stage_args(tmp_path)) == 0
+    out = capsys.readouterr().out
+    study = load(tmp_path)
+    attrs = study.user_attrs
+
+    # The expressible reference is the first trial, trained whole (never pruned) as itself.
+    first = study.trials[0]
+    assert first.user_attrs["reference"] == "ref"
+    assert first.state == TrialState.COMPLETE
+    ref = Genotype.load(tmp_path / "ref.toml")
+    assert first.user_attrs["key"] == ref.key()
+    assert first.user_attrs["epochs_run"] == 2
+    assert attrs["references"]["enqueued"] == ["ref"]
+    assert attrs["references"]["yardsticks"] == ["odd"]
+    assert isinstance(attrs["yardsticks"]["odd"]["val_acc"], float)
+
+    # Every trial trained with the standard recipe: the search ranked architectures.
+    for t in study.trials:
+        if "genotype" in t.user_attrs:
+            assert Genotype.from_dict(t.user_attrs["genotype"]).augment == STANDARD_RECIPE
+    assert attrs["settings"]["recipe"] == dataclasses.asdict(STANDARD_RECIPE)
+
+    # The race: the 2 best searched architectures and the best reference, 2 seeds each.
+    race = attrs["race"]
+    assert race["epochs"] == 3 and race["seeds"] == 2
+    sources = [e["source"] for e in race["entries"]]
+    assert sources.count("search") == 2 and sources.count("reference") == 1
+    for e in race["entries"]:
+        assert len(e["race_runs"]) == 2 and e["race_val_acc"] is not None
+    assert race["winner"] in {e["name"] for e in race["entries"] if e["source"] == "search"}
+    runs = sorted((tmp_path / "results" / "tiny" / "race-3ep").rglob("metrics.json"))
+    assert len(runs) == 6
+    assert all("test_acc" not in json.loads(p.read_text()) for p in runs)  # never the test split
+
+    # The recipe stage: its own study in the same storage, the fixed recipe first.
+    recipe = attrs["recipe"]
+    inner = optuna.load_study(study_name=recipe["study"], storage=study._storage)
+    complete = inner.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 3 and complete[0].user_attrs.get("fixed") is True
+    assert recipe["fixed_val_acc"] == complete[0].value
+
+    # The choice: the race's winner with the recipe stage's best recipe, and retrain takes it.
+    choice = attrs["choice"]
+    assert choice["name"] == race["winner"]
+    [first_pick, *_] = select_trials(study, 6000, 3)
+    assert first_pick.name == choice["name"]
+    assert first_pick.genotype.to_dict() == choice["genotype"]
+    assert all(c.trial != 0 for c in select_trials(study, 6000, 10))  # never the reference
+
+    for text in ("references among the trials", "race:", "recipe stage:", "the search's choice"):
+        assert text in out
+
+    # Run again: everything finished, nothing trains, the record stays.
+    stamps = [p.stat().st_mtime_ns for p in runs]
+    assert run_main(stage_args(tmp_path)) == 0
+    assert [p.stat().st_mtime_ns for p in runs] == stamps
+    again = load(tmp_path).user_attrs
+    assert again["race"] == race and again["choice"] == choice
+
+
+@pytest.mark.slow
+def test_a_joint_study_resumes_joint_without_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A study recorded without a recipe (a joint search, as every study before the setting
+    # existed) resumes as it was made, not refused for "other settings".
+    monkeypatch.chdir(tmp_path)
+    assert run_main(search_args(tmp_path, "--recipe", "joint", trials=2)) == 0
+    assert "recipe" not in load(tmp_path).user_attrs["settings"]
+    assert run_main(search_args(tmp_path, trials=4)) == 0
+    assert len(load(tmp_path).trials) == 4
+    # naming another recipe for it is refused, naming the difference
+    assert run_main(search_args(tmp_path, "--recipe", "standard", trials=5)) == 2
+
+
+@pytest.mark.parametrize("sampler", ["random", "nsga2", "gp"])
+def test_each_sampler_runs_a_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sampler: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run_main(search_args(tmp_path, "--sampler", sampler, "--epochs", "1", trials=5)) == 0
+    assert len(load(tmp_path).get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 5
+
+
+def test_bad_sampler_and_missing_scipy_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run_main(search_args(tmp_path, "--sampler", "cmaes")) == 2
+    err = capsys.readouterr().err
+    assert "sampler must be one of tpe, random, nsga2, gp, but got 'cmaes'" in err
+    monkeypatch.setitem(sys.modules, "scipy", None)  # import scipy fails
+    assert run_main(search_args(tmp_path, "--sampler", "gp")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs scipy" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "results").exists()
+
+
+# -- pure parts ---------------------------------------------------------------------------------
+
+
+def _trial(number: int, value: float, params: int, **attrs: object) -> optuna.trial.FrozenTrial:
+    t = create_trial(
+        value=value,
+        params={"x": 0.5},
+        distributions={"x": FloatDistribution(0, 1)},
+        user_attrs={"params": params, "key": f"k{number}", **attrs},
+    )
+    t.number = number
+    return t
+
+
+def test_standing_ranks_references_among_the_trials() -> None:
+    trials = [
+        _trial(0, 0.50, 300, reference="resnet20"),
+        _trial(1, 0.62, 390),
+        _trial(2, 0.55, 380),
+        _trial(3, 0.40, 250),
+        _trial(4, 0.62, 390, duplicate_of=1),  # a repeat: not ranked twice
+    ]
+    attrs = {
+        "yardsticks": {
+            "odd": {"val_acc": 0.58, "params": 350},
+            "big": {"val_acc": 0.9, "params": 500},
+        }
+    }
+    where = standing_of(trials, attrs, 400)
+    places = {p.name: p for p in where.places}
+    assert places["big"].rank == 1 and places["big"].over_budget
+    assert places["odd"].rank == 3 and places["resnet20"].rank == 5
+    assert where.best_reference.name == "odd"  # the best within the budget
+    assert where.searched_above == 1 and where.beaten is True
+    assert where.best_searched == (1, 0.62)
+    assert any("1 searched architecture(s) above odd" in line for line in where.lines())
+
+
+def test_race_verdict_weighs_the_margin_against_the_seed_spread() -> None:
+    assert pooled_spread([[0.5, 0.52], [0.6, 0.6]]) == pytest.approx(0.01)
+    assert race_verdict(0.05, 0.01) == "beat"
+    assert race_verdict(-0.05, 0.01) == "lost"
+    assert race_verdict(0.015, 0.01) == "tie"
+    assert race_verdict(None, 0.01) == "no reference raced"
+    entries = [
+        {
+            "name": "trial-3",
+            "source": "search",
+            "trial": 3,
+            "val_acc": 0.5,
+            "race_runs": [0.6, 0.62],
+            "race_val_acc": 0.61,
+        },
+        {
+            "name": "trial-1",
+            "source": "search",
+            "trial": 1,
+            "val_acc": 0.6,
+            "race_runs": [0.55, 0.57],
+            "race_val_acc": 0.56,
+        },
+        {
+            "name": "resnet20",
+            "source": "reference",
+            "trial": 0,
+            "val_acc": 0.55,
+            "race_runs": [0.5, 0.52],
+            "race_val_acc": 0.51,
+        },
+    ]
+    record = summarize_race(entries, epochs=16, seeds=2, top=2)
+    assert record["winner"] == "trial-3" and record["winner_trial"] == 3  # not the proxy's best
+    assert record["best_reference"] == "resnet20"
+    assert record["margin"] == pytest.approx(0.10) and record["verdict"] == "beat"
