@@ -58,6 +58,7 @@ from search.storage import (
     inspect_storage,
     open_storage,
     parse_storage,
+    repair_journal,
 )
 from search.study import (
     MAX_STUDY_NAME,
@@ -358,6 +359,9 @@ def _main(argv: Sequence[str] | None) -> int:
             recipe=recipe,
         )
         study = open_study(storage, plan.study_name, settings, dataset)
+        # Going ahead: a damaged journal, only read so far, is repaired now, before any claim
+        # lock holds the file that the repair replaces.
+        repair_journal(storage)
         save_cache(decoded)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.storages.journal._file import get_lock_file
 
 from space._io import check_path, check_writable, disk_full_message, write_atomic
@@ -471,15 +471,22 @@ _HEAD = 1 << 20  # bytes read to judge a journal's first or last line
 
 
 def _is_record(line: bytes) -> bool:
+    return _parse_record(line) is not None
+
+
+def _parse_record(line: bytes) -> dict[str, Any] | None:
+    """The journal record a line holds, or None when it holds none."""
     try:
         record = json.loads(line)
     except ValueError:
-        return False
-    return (
+        return None
+    if (
         isinstance(record, dict)
         and isinstance(record.get("op_code"), int)
         and isinstance(record.get("worker_id"), str)
-    )
+    ):
+        return record
+    return None
 
 
 def _inspect_journal(spec: StorageSpec) -> State:
@@ -510,14 +517,57 @@ class JournalFile(JournalFileBackend):
     whole study would be unreadable from then on. So before each append, under the journal's
     lock, a cut-off last record is moved to a side file (``move_torn_tail``). An append that
     fails (a full disk) is undone at once, so it leaves no partial record behind.
+
+    Records that such an append glued to a cut-off one (``open_journal``) are read split out,
+    and split out in the file itself only at the first append or ``repair``: a command refused
+    before it writes anything leaves the journal as it found it.
     """
+
+    def __init__(self, file_path: str, *, glued: bool = False) -> None:
+        super().__init__(file_path)
+        self._glued = glued  # lines holding a cut-off record and a whole one, not yet split
+
+    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+        if not self._glued:
+            yield from super().read_logs(log_number_from)
+            return
+        # Optuna's reader fails at a glued line: each line is read here, the whole record of a
+        # glued one taken. Once repaired, the file holds the same records on the same lines.
+        with open(self._file_path, "rb") as f:
+            for number, line in enumerate(f):
+                if not line.endswith(b"\n"):
+                    break  # a last record being written or cut off: not a record yet
+                if number < log_number_from:
+                    continue
+                record = _parse_record(line)
+                if record is None:
+                    split = _glued_record(line[:-1])
+                    record = None if split is None else _parse_record(line[split:])
+                if record is None:
+                    raise ValueError(f"{self._file_path}: line {number + 1} is no journal record")
+                yield record
+
+    def repair(self) -> None:
+        """Split out the glued records and move a cut-off last record aside now, as the first
+        append would."""
+        with get_lock_file(self._lock):
+            self._repair()
+
+    def _repair(self) -> None:  # under the journal's lock
+        path = Path(self._file_path)
+        if self._glued:
+            _split_glued_records(path)
+            self._glued = False
+            # A new file, where the lines after a split one start earlier: offsets read afresh.
+            self._log_number_offset = {0: 0}
+        move_torn_tail(path)
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
         data = text.encode("utf-8")
         path = self._file_path
         with get_lock_file(self._lock):
-            move_torn_tail(Path(path))
+            self._repair()
             fd = os.open(path, os.O_WRONLY | os.O_APPEND)
             try:
                 size = os.fstat(fd).st_size
@@ -534,30 +584,47 @@ class JournalFile(JournalFileBackend):
                 os.close(fd)
 
 
-def open_journal(path: Path) -> JournalStorage:
-    """A journal storage over ``path`` (created when missing), its damage repaired or refused.
+class Journal(JournalStorage):
+    """Optuna's journal storage over a ``JournalFile``, which ``repair_journal`` repairs."""
+
+    def __init__(self, backend: JournalFile) -> None:
+        self.file = backend
+        super().__init__(backend)
+
+
+def open_journal(path: Path) -> Journal:
+    """A journal storage over ``path`` (created when missing), its damage read past or refused;
+    opening writes nothing to a journal that exists.
 
     A line that a cut-off record and the record appended after it share (written by a version of
-    this tool, or Optuna itself, that appended after a cut-off record) is split: the cut-off part
+    this tool, or Optuna itself, that appended after a cut-off record) is read as the complete
+    record. In the file it is split at the first append or at ``repair_journal``: the cut-off part
     goes to a side file, the complete record stays. Any other line that is not a journal record
     is a ``UserError`` naming its line number.
     """
-    if path.is_file() and _last_line_damaged(path):
-        repair_journal(path)
+    glued = path.is_file() and _last_line_damaged(path) and _has_glued_records(path)
     try:
-        return JournalStorage(JournalFile(str(path)))
+        return Journal(JournalFile(str(path), glued=glued))
     except OSError as exc:
         full = disk_full_message(exc, path)
         if full is not None:
             raise UserError(f"{full}; free some space and run the command again") from None
         raise UserError(f"--storage journal:///{path}: cannot open it ({exc.strerror})") from None
     except Exception as exc:  # Optuna's replay stopped at a damaged line
-        if not repair_journal(path):
+        if glued or not _has_glued_records(path):
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(
                 f"--storage journal:///{path}: cannot replay the journal ({first})"
             ) from None
-    return JournalStorage(JournalFile(str(path)))
+    return Journal(JournalFile(str(path), glued=True))
+
+
+def repair_journal(storage: BaseStorage) -> None:
+    """Repair the damage that opening a journal storage read past (``open_journal``), now rather
+    than at its first append; nothing for other storages. For a command once it is known to go
+    ahead: before it, a refused one has written nothing."""
+    if isinstance(storage, Journal):
+        storage.file.repair()
 
 
 def _last_line_damaged(path: Path) -> bool:
@@ -574,32 +641,32 @@ def _last_line_damaged(path: Path) -> bool:
     return not _is_record(lines[-1])
 
 
-def repair_journal(path: Path) -> bool:
-    """Split every line that a cut-off record shares with a complete one (see ``open_journal``);
-    returns whether any was. Raises a ``UserError`` for a line that is no journal record at all.
-    """
-    damaged = _scan_journal(path.read_bytes(), path)
+def _has_glued_records(path: Path) -> bool:
+    """Whether a line holds a cut-off record and a complete one (see ``open_journal``), read
+    only. Raises a ``UserError`` for a line that is no journal record at all."""
+    return bool(_scan_journal(path.read_bytes(), path))
+
+
+def _split_glued_records(path: Path) -> None:
+    """Split every line that a cut-off record shares with a complete one: the cut-off parts go
+    to a side file. The caller holds the journal's lock."""
+    data = path.read_bytes()
+    damaged = _scan_journal(data, path)  # read under the lock: another process may have split
     if not damaged:
-        return False
-    with get_lock_file(JournalFileSymlinkLock(str(path))):
-        data = path.read_bytes()
-        damaged = _scan_journal(data, path)  # again: another process may have repaired it
-        if not damaged:
-            return True
-        torn, kept, start = [], [], 0
-        for offset, split in damaged:
-            kept.append(data[start:offset])
-            torn.append(data[offset : offset + split])
-            start = offset + split
-        kept.append(data[start:])
-        side = _side_file(path)
-        side.write_bytes(b"\n".join(torn) + b"\n")
-        write_atomic(path, lambda tmp: tmp.write_bytes(b"".join(kept)))
+        return
+    torn, kept, start = [], [], 0
+    for offset, split in damaged:
+        kept.append(data[start:offset])
+        torn.append(data[offset : offset + split])
+        start = offset + split
+    kept.append(data[start:])
+    side = _side_file(path)
+    side.write_bytes(b"\n".join(torn) + b"\n")
+    write_atomic(path, lambda tmp: tmp.write_bytes(b"".join(kept)))
     _say(
         f"journal {path}: {len(damaged)} record(s) cut off by writes that did not finish, and "
         f"glued to the next record; moved the cut-off bytes to {side}, every complete record kept"
     )
-    return True
 
 
 def _scan_journal(data: bytes, path: Path) -> list[tuple[int, int]]:

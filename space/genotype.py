@@ -229,7 +229,12 @@ class Genotype:
     @classmethod
     def load(cls, path: str | Path) -> Genotype:
         """Read a TOML architecture file (see ``configs/reference/``)."""
-        return cls.from_dict(load_toml(Path(path)))
+        data = load_toml(Path(path))
+        try:
+            return cls.from_dict(data)
+        except GenotypeError as exc:
+            # Named, as a syntax error is: a campaign or a retraining reads several such files.
+            raise GenotypeError(f"{path}: {exc}") from None
 
     # -- canonical string ---------------------------------------------------------------------
 

@@ -278,9 +278,14 @@ def _parse_param(where: str, raw: Any, schema: tuple[Any, ...]) -> Param:
         if log and low <= 0:
             raise UserError(f"{where}: a log range needs low > 0, but got low={low}")
         if step is not None and (
-            isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0 or log
+            isinstance(step, bool)
+            or not isinstance(step, (int, float))
+            or not (math.isfinite(step) and step > 0)
+            or log
+            or (kind == "int" and not float(step).is_integer())  # suggest_int's step is an int
         ):
-            raise UserError(f"{where}.step must be a positive number (and not log), got {step!r}")
+            what = "a positive whole number" if kind == "int" else "a positive number"
+            raise UserError(f"{where}.step must be {what} (and not log), but got {step!r}")
         return Param(kind=kind, low=low, high=high, log=log, step=step)
     return Param(kind=kind, choices=(check(raw),))
 

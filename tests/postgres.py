@@ -29,9 +29,12 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import psycopg
 import pytest
+
+if TYPE_CHECKING:
+    import psycopg
 
 SERVER_USER = "postgres"  # the superuser initdb makes, and the system user of Debian's package
 START_SECONDS = 60  # how long pg_ctl waits for the server to accept connections
@@ -60,6 +63,10 @@ class PostgresServer:
             return [name for (name,) in rows]
 
     def _connect(self) -> psycopg.Connection:
+        # Imported here, not at the top: tests/search/conftest.py imports this module, and the
+        # GPU machine, which runs the gpu-marked tests of tests/search/, has no psycopg.
+        import psycopg
+
         return psycopg.connect(
             host=self.host, port=self.port, user=SERVER_USER, dbname="postgres", autocommit=True
         )

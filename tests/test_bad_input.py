@@ -572,6 +572,53 @@ CASES += [
         "--artifact-dir",
     ),
 ]
+STAGE_KEY = "arch-stage-colour.toml: unknown key 'colour' in stages[0]"
+CASES += [
+    # architecture files, whatever reads them: refused naming the file (a campaign reads several)
+    Case(
+        "retrain-arch-stage-unknown-key",
+        "search.retrain",
+        lambda i: ["--arch", str(i / "arch-stage-colour.toml"), "--data", str(i / "data")],
+        STAGE_KEY,
+    ),
+    Case(
+        "campaign-reference-stage-unknown-key",
+        "search.campaign",
+        lambda i: ["--config", str(i / "campaign-bad-reference.toml")],
+        STAGE_KEY,
+    ),
+    Case(
+        "budget-cmd-stages-one-table",
+        "space.budget",
+        lambda i: [str(i / "arch-stages-table.toml"), "--budget", "5M"],
+        "arch-stages-table.toml: stages must be a list of tables",
+    ),
+    Case(
+        "train-arch-stage-not-a-table",
+        "search.train",
+        lambda i: [str(i / "arch-stage-number.toml"), "--data", str(i / "data")],
+        "arch-stage-number.toml: stages[0] must be a table",
+    ),
+    Case(
+        "budget-cmd-stage-depth-a-string",
+        "space.budget",
+        lambda i: [str(i / "arch-depth-string.toml"), "--budget", "5M"],
+        "arch-depth-string.toml: stages[0].depth must be an integer in [1, 64], but got '3'",
+    ),
+    Case(
+        "predict-model-stage-unknown-key",
+        "search.predict",
+        lambda i: [str(i / "stage-colour.safetensors"), str(i / "image.png")],
+        "damaged architecture record (unknown key 'colour' in stages[0]",
+    ),
+    # search-space presets
+    Case(
+        "run-space-fractional-int-step",
+        "search.run",
+        search_with("--space", with_input("half-step-space.toml")),
+        "params.depth.step must be a positive whole number",
+    ),
+]
 if not torch.cuda.is_available():
     CASES.append(
         Case(
@@ -598,6 +645,15 @@ def make_inputs(root: Path) -> Path:
     (root / "arch-unknown-key.toml").write_text("colour = 1\n" + text)
     (root / "arch-depth-zero.toml").write_text(text.replace("depth = 3", "depth = 0", 1))
     (root / "arch-no-depth.toml").write_text(text.replace("depth = 3", "", 1))
+    (root / "arch-stage-colour.toml").write_text(text.replace("depth = 3", "depth = 3\ncolour = 1", 1))
+    (root / "arch-stages-table.toml").write_text("[stages]\ndepth = 3\nwidth = 16\n")
+    (root / "arch-stage-number.toml").write_text("stages = [3]\n")
+    (root / "arch-depth-string.toml").write_text(text.replace("depth = 3", 'depth = "3"', 1))
+    (root / "campaign-bad-reference.toml").write_text(
+        f'[campaign]\ndevice = "cpu"\n[data]\nsource = "{root / "data"}"\n[[budgets]]\n'
+        f'budget = "400k"\nreferences = ["resnet20", "{root / "arch-stage-colour.toml"}"]\n'
+    )
+    tiny_space(root / "half-step-space.toml", depth={"low": 1, "high": 2, "step": 0.5})
     (root / "not-a-db.db").write_text("hello, not a database\n")
     with contextlib.closing(sqlite3.connect(root / "other.db")) as db:  # someone else's data
         db.execute("CREATE TABLE invoices (id INTEGER)")
@@ -714,7 +770,13 @@ def _trained_inputs(root: Path) -> None:
     damaged = bytearray(model.read_bytes())
     damaged[-6] ^= 0x55  # a byte of the last tensor
     (root / "damaged.safetensors").write_bytes(bytes(damaged))
-    for name, change in (("one-class", {"classes": ["ant"]}), ("zero-std", {"std": [0.2, 0, 0.2]})):
+    colour = json.loads(metadata["budget_nas"])["genotype"]
+    colour["stages"][0]["colour"] = 1  # an unknown key in a stage table
+    for name, change in (
+        ("one-class", {"classes": ["ant"]}),
+        ("zero-std", {"std": [0.2, 0, 0.2]}),
+        ("stage-colour", {"genotype": colour}),
+    ):
         changed = dict(metadata)
         changed["budget_nas"] = json.dumps({**json.loads(metadata["budget_nas"]), **change})
         save_file(tensors, str(root / f"{name}.safetensors"), metadata=changed)

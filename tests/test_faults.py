@@ -531,6 +531,72 @@ def test_a_search_resumes_after_a_journal_record_was_torn(tmp_path: Path) -> Non
     assert len(study.get_trials(states=FINISHED)) == 5
 
 
+@pytest.fixture(scope="module")
+def tiny_journal(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    """A two-trial search into a journal: the folder of its data and space, the journal's bytes."""
+    folder = tmp_path_factory.mktemp("tiny-journal")
+    journal = folder / "tiny.journal"
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        assert run_main(search_args(folder, "--storage", f"journal:///{journal}", trials=2)) == 0
+    finally:
+        os.chdir(cwd)
+    return folder, journal.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["torn", "unended", "glued"])
+def test_a_refused_start_leaves_a_damaged_journal_as_it_was(
+    tmp_path: Path, monkeypatch, capsys, tiny_journal: tuple[Path, bytes], damage: str
+) -> None:
+    folder, whole = tiny_journal
+    *lines, last = whole.rstrip(b"\n").split(b"\n")
+    cut = last[: len(last) // 2]
+    damaged, moved = {
+        "torn": (whole + cut, cut),  # the last record cut off
+        "unended": (whole[:-1], None),  # whole but for its newline: ended, not moved
+        # cut off, then appended again right after the cut-off bytes (an older version did so)
+        "glued": (b"\n".join([*lines, cut + last]) + b"\n", cut + b"\n"),
+    }[damage]
+    journal = tmp_path / "tiny.journal"
+    journal.write_bytes(damaged)
+    monkeypatch.chdir(tmp_path)
+
+    def args(*extra: str, trials: int = 2) -> list[str]:
+        return search_args(folder, "--storage", f"journal:///{journal}", *extra, trials=trials)
+
+    refusals = {
+        "other settings": (["--epochs", "3"], "was made with other settings"),
+        "a validation split too large": (["--val-size", "500"], "--val-size 500"),
+        "a MACs limit no network meets": (["--max-macs", "1"], "raise --max-macs"),
+    }
+    for why, (extra, expect) in refusals.items():
+        assert run_main(args(*extra)) == 2, why
+        err = capsys.readouterr().err
+        assert expect in err and len(err.splitlines()) == 1, err
+        # Not repaired for a start that does not go ahead: no byte changed, no side file.
+        assert journal.read_bytes() == damaged, why
+        assert list(tmp_path.iterdir()) == [journal], why
+
+    # A start that goes ahead repairs it, every complete record kept.
+    assert run_main(args(trials=3)) == 0
+    sides = list(tmp_path.glob("tiny.journal.torn-*"))
+    if moved is None:
+        assert sides == []
+    else:
+        [side] = sides
+        assert side.read_bytes() == moved
+        assert f"to {side}" in capsys.readouterr().err
+    backend = optuna.storages.journal.JournalFileBackend(str(journal))
+    study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(backend))
+    (tmp_path / "whole.journal").write_bytes(whole)
+    backend = optuna.storages.journal.JournalFileBackend(str(tmp_path / "whole.journal"))
+    before = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(backend))
+    after = _finished(study)
+    assert len(after) == 3 and {n: after[n] for n in _finished(before)} == _finished(before)
+    assert journal.read_bytes().startswith(whole)  # the new records after every old one
+
+
 # Decodes the data folder with a cache writer that stops halfway: it writes some bytes into
 # its temporary file, says so, and waits to be killed.
 _DIE_WRITING_CACHE = """

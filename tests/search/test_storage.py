@@ -109,16 +109,20 @@ def test_a_record_glued_to_a_torn_one_is_split_out(tmp_path: Path, capsys) -> No
     before = snapshot(plain_optuna(journal))
     torn = lines[2][: len(lines[2]) // 2]
     again = b'{"op_code":0,"worker_id":"w-1","study_name":"s","directions":[1]}'
-    journal.write_bytes(b"\n".join([*lines, torn + again, again]) + b"\n")
+    damaged = b"\n".join([*lines, torn + again, again]) + b"\n"
+    journal.write_bytes(damaged)
     with pytest.raises(ValueError):
         plain_optuna(journal)  # unreadable for Optuna itself
     study = optuna.load_study(study_name="s", storage=open_journal(journal))
     assert snapshot(study) == before
+    # Read, and left as it is until the first append: a command may yet be refused.
+    assert journal.read_bytes() == damaged and list(tmp_path.glob("s.journal.torn-*")) == []
+    study.optimize(objective, n_trials=1)
     [side] = tmp_path.glob("s.journal.torn-*")
     assert side.read_bytes() == torn + b"\n"
     assert "glued to the next record" in capsys.readouterr().err
-    study.optimize(objective, n_trials=1)
     assert len(plain_optuna(journal).trials) == len(before) + 1
+    assert snapshot(plain_optuna(journal))[: len(before)] == before
 
 
 def test_junk_in_a_journal_is_refused_naming_the_line(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 
 import optuna
@@ -129,6 +130,19 @@ def test_round_trip_of_the_space() -> None:
         (lambda d: d.update(width_multiple=0), "width_multiple must be"),
         (lambda d: d.update(fit_to_budget="yes"), "fit_to_budget must be"),
         (lambda d: d.pop("params"), "needs a [params] table"),
+        # suggest_int takes a whole step; 0.5 became 0 there, and a division by zero
+        (
+            lambda d: d["params"].update(depth={"low": 1, "high": 8, "step": 0.5}),
+            "params.depth.step must be a positive whole number",
+        ),
+        (
+            lambda d: d["params"].update(budget_fill={"low": 0.5, "high": 1, "step": math.nan}),
+            "params.budget_fill.step must be a positive number",
+        ),
+        (
+            lambda d: d["params"].update(budget_fill={"low": 0.5, "high": 1, "step": math.inf}),
+            "params.budget_fill.step must be a positive number",
+        ),
     ],
 )
 def test_bad_presets_are_user_errors(change, fragment: str) -> None:
