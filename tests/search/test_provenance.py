@@ -140,3 +140,17 @@ def test_portable_database_rewrites_only_attributes_that_hold_a_path(tmp_path: P
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert not any(name.startswith("s.db-") for name in os.listdir(tmp_path))
+
+
+def test_a_recorded_relative_artifact_folder_is_found_from_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from search.artifacts import find_artifact_dir
+
+    root = tmp_path / "root"
+    (root / "results" / "s" / "artifacts").mkdir(parents=True)
+    study = optuna.create_study(study_name="s")
+    study.set_user_attr("artifact_dir", "results/s/artifacts")  # as a committed copy holds it
+    monkeypatch.setattr(provenance, "ROOT", root)
+    monkeypatch.chdir(tmp_path)
+    assert find_artifact_dir(study, None, None) == root / "results" / "s" / "artifacts"
