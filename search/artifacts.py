@@ -30,6 +30,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
+from search.provenance import locate
 from search.study import learning_curve
 from space import Genotype, build, format_count
 from space._io import write_atomic
@@ -52,7 +53,8 @@ def find_artifact_dir(study: optuna.Study, study_file: Path | None, results: Pat
     if results is not None:
         return artifact_dir(results, study.study_name)
     recorded = study.user_attrs.get("artifact_dir")
-    candidates = [Path(recorded)] if isinstance(recorded, str) else []
+    # Recorded relative to the project root (provenance.portable_path) by a committed result.
+    candidates = [Path(locate(recorded))] if isinstance(recorded, str) else []
     if study_file is not None:
         candidates.append(artifact_dir(study_file.parent, study.study_name))
     candidates.append(artifact_dir(Path("results"), study.study_name))

@@ -51,7 +51,7 @@ from typing import Any, Literal
 import optuna
 
 from search import provenance
-from search.comparison import load_study_if_any, planned_models, verdict, write_result
+from search.comparison import keep_preset, load_study_if_any, planned_models, verdict, write_result
 from search.config import DataConfig, from_mapping
 from search.data import Decoded, decode, save_cache, split, split_as_configured
 from search.retrain import RETRAIN_DEFAULTS
@@ -370,6 +370,7 @@ class Log:
                 "host": provenance.host(),
                 "command": provenance.command_line(),
                 "machine": self.machine,
+                "versions": provenance.versions(),
                 "seconds": 0.0,
                 "stages": [],
             }
@@ -697,6 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     fresh = not campaign.work.exists()
     campaign.work.mkdir(parents=True, exist_ok=True)
+    keep_preset(campaign)  # the result's campaign.toml: the preset as run, whatever comes later
     save_cache(decoded)  # the stages read the data from the cache
     del decoded
     log = Log.open(campaign.work / "log.json")

@@ -19,11 +19,13 @@ Honesty rules, enforced here rather than left to the reader:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
 import sqlite3
 import statistics
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +46,9 @@ if TYPE_CHECKING:
     from search.campaign import BudgetPlan, Campaign, Log
 
 MAX_DATABASE_BYTES = 4 * 2**20  # a study database is copied into the result up to this size
+# The preset as run, in the work folder (written when a session starts) and in the result: a
+# preset edited after the run does not change what the result says it ran.
+AS_RUN_PRESET = "campaign.toml"
 LEADERBOARD_COLUMNS = [
     "budget",
     "source",
@@ -165,16 +170,23 @@ def _row(
     }
 
 
+def keep_preset(campaign: Campaign) -> None:
+    """Keep the preset as this session runs it in the work folder, for the result."""
+    write_text_atomic(campaign.work / AS_RUN_PRESET, campaign.preset.read_text())
+
+
 def write_result(campaign: Campaign, log: Log | None) -> pd.DataFrame:
     """Write ``results/reference/<name>/`` from whatever the campaign has finished."""
-    from search.figures import ReferencePoint, StudyView, accuracy_figure
-    from search.report import write_png
+    from search.figures import StudyView
 
     out = campaign.out
     out.mkdir(parents=True, exist_ok=True)
     rows = collect_rows(campaign)
     write_text_atomic(out / "leaderboard.csv", rows.to_csv(index=False))
-    shutil.copyfile(campaign.preset, out / "campaign.toml")
+    # The preset as the campaign ran it; the file itself only for a work folder from before
+    # the campaign kept a copy.
+    as_run = campaign.work / AS_RUN_PRESET
+    shutil.copyfile(as_run if as_run.is_file() else campaign.preset, out / AS_RUN_PRESET)
 
     studies = {
         b.study: load_study_if_any(campaign.storage_url(b), b.study) for b in campaign.budgets
@@ -183,49 +195,132 @@ def write_result(campaign: Campaign, log: Log | None) -> pd.DataFrame:
     views = [v for v in views if v.ranked()]
     copied = [c.name for b in campaign.budgets if (c := _copy_database(campaign, b, out))]
     (out / "pareto.png").unlink(missing_ok=True)  # never a figure of an earlier state
-    no_png = None
-    if views:
-        study_of = {b.budget: b.study for b in campaign.budgets}
-        references = [
-            ReferencePoint(
-                study=study_of[r.budget],
-                name=r.name,
-                params=int(r.params),
-                macs=int(r.macs),
-                test_acc=float(r.test_acc_mean),
-                test_acc_std=float(r.test_acc_std),
-                seeds=int(r.seeds),
-            )
-            for r in rows.itertuples()
-            if r.source == "reference" and r.recipe == "own"
-        ]
-        figure = accuracy_figure(views, measure="params", references=references)
-        figure.update_layout(title={"text": _figure_title(campaign, views)})
-        # plotly.js from its CDN: a committed file of 50 kB instead of 4.8 MB.
-        html = figure.to_html(include_plotlyjs="cdn", full_html=True)
-        write_text_atomic(out / "pareto.html", html)
-        _, no_png = write_png({"pareto": figure}, out)
+    no_png = _write_figures(campaign, rows, views, out) if views else None
+    planned = {b.budget: planned_models(campaign, b) for b in campaign.budgets}
+    sessions = log.sessions if log else []
     record = {
         "campaign": campaign.name,
-        "preset": str(campaign.preset),
+        "preset": provenance.portable_path(campaign.preset),
         "command": _command(campaign, log),
-        "machines": sorted({s.get("machine", "") for s in (log.sessions if log else [])} - {""})
+        # What the campaign ran on and with, not what rewrites its result (--summarize).
+        "machines": sorted({s.get("machine", "") for s in sessions} - {""})
         or [provenance.machine(campaign.config.device)],
-        "versions": provenance.versions(),
+        "versions": _versions(sessions, studies),
         "written": provenance.now(),
         "wall_seconds": log.seconds() if log else None,
-        "sessions": log.sessions if log else [],
+        "sessions": sessions,
         "databases": copied,
+        # What each budget set out to train: how rewrite_result tells a partial result.
+        "planned": {
+            format_count(budget): [m["name"] for m in models] for budget, models in planned.items()
+        },
     }
     write_json_atomic(out / "campaign.json", record)
     notes_path = out / "NOTES.md"
     notes = notes_path.read_text() if notes_path.is_file() else ""
-    planned = {b.budget: planned_models(campaign, b) for b in campaign.budgets}
     text = readme(campaign, rows, record, log, planned=planned, studies=studies, notes=notes)
     write_text_atomic(out / "README.md", text)
     if no_png:
         print(no_png)
     return rows
+
+
+def rewrite_result(out: Path) -> pd.DataFrame:
+    """Rewrite a result's ``README.md`` and ``pareto.png`` from the result's own files: its
+    ``leaderboard.csv``, ``campaign.json``, preset as run (``campaign.toml``), study databases
+    and ``NOTES.md``. For a result whose work folder is not on this machine (a GPU run's, say),
+    after a hand-written ``NOTES.md`` was added or where the run could not render the PNG.
+    The leaderboard, the record, the databases and ``pareto.html`` (written when missing) are
+    left as they are; nothing is trained."""
+    from search.campaign import Log, load_campaign
+    from search.figures import StudyView
+
+    try:
+        record = json.loads((out / "campaign.json").read_text())
+        rows = pd.read_csv(out / "leaderboard.csv")
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"{out}: not a campaign result (expected campaign.json and leaderboard.csv): {exc}"
+        ) from None
+    rows["trial"] = rows["trial"].astype("Int64")
+    name = record["campaign"]
+    with tempfile.TemporaryDirectory() as tmp:  # the preset's file name names the campaign
+        preset = Path(tmp) / f"{name}.toml"
+        shutil.copyfile(out / AS_RUN_PRESET, preset)
+        campaign = load_campaign(preset, data=None, device=None, results=Path("results"), out=out)
+    campaign = dataclasses.replace(campaign, preset=Path(record["preset"]))
+    studies = {
+        b.study: load_study_if_any(f"sqlite:///{out / b.study}.db", b.study)
+        for b in campaign.budgets
+    }
+    views = [v for s in studies.values() if s is not None and (v := StudyView.of(s)).ranked()]
+    names = record.get("planned") or {}
+    planned = {
+        b.budget: [
+            {"name": n}
+            for n in names.get(format_count(b.budget), rows[rows["budget"] == b.budget]["name"])
+        ]
+        for b in campaign.budgets
+    }
+    (out / "pareto.png").unlink(missing_ok=True)
+    no_png = _write_figures(campaign, rows, views, out, html=not (out / "pareto.html").is_file())
+    log = Log(out / "log.json", list(record.get("sessions", [])))  # read, never written
+    notes_path = out / "NOTES.md"
+    notes = notes_path.read_text() if notes_path.is_file() else ""
+    text = readme(campaign, rows, record, log, planned=planned, studies=studies, notes=notes)
+    write_text_atomic(out / "README.md", text)
+    if no_png:
+        print(no_png)
+    return rows
+
+
+def _write_figures(
+    campaign: Campaign, rows: pd.DataFrame, views: Sequence[Any], out: Path, *, html: bool = True
+) -> str | None:
+    """``pareto.html`` and ``.png``: the search's trials, the references at their test accuracy.
+    Returns why no PNG was written, or None."""
+    from search.figures import ReferencePoint, accuracy_figure
+    from search.report import write_png
+
+    if not views:
+        return None
+    study_of = {b.budget: b.study for b in campaign.budgets}
+    references = [
+        ReferencePoint(
+            study=study_of[r.budget],
+            name=r.name,
+            params=int(r.params),
+            macs=int(r.macs),
+            test_acc=float(r.test_acc_mean),
+            test_acc_std=float(r.test_acc_std),
+            seeds=int(r.seeds),
+        )
+        for r in rows.itertuples()
+        if r.source == "reference" and r.recipe == "own"
+    ]
+    figure = accuracy_figure(views, measure="params", references=references)
+    figure.update_layout(title={"text": _figure_title(campaign, views)})
+    if html:
+        # plotly.js from its CDN: a committed file of 50 kB instead of 4.8 MB.
+        write_text_atomic(
+            out / "pareto.html", figure.to_html(include_plotlyjs="cdn", full_html=True)
+        )
+    _, no_png = write_png({"pareto": figure}, out)
+    return no_png
+
+
+def _versions(
+    sessions: Sequence[Mapping[str, Any]], studies: Mapping[str, optuna.Study | None]
+) -> dict[str, str]:
+    """The versions the campaign ran with: its last session's; for a log from before sessions
+    recorded them, those its first study recorded; this process's only when neither exists."""
+    for session in reversed(sessions):
+        if isinstance(session.get("versions"), dict):
+            return session["versions"]
+    for study in studies.values():
+        if study is not None and isinstance(study.user_attrs.get("versions"), dict):
+            return study.user_attrs["versions"]
+    return provenance.versions()
 
 
 def _command(campaign: Campaign, log: Log | None) -> str:
@@ -234,8 +329,8 @@ def _command(campaign: Campaign, log: Log | None) -> str:
         words = log.sessions[-1]["command"].split()
         if "search.campaign" in words:
             rest = [w for w in words[words.index("search.campaign") + 1 :] if w != "--summarize"]
-            return " ".join(["python -m search.campaign", *rest])
-    return f"python -m search.campaign --config {campaign.preset}"
+            return provenance.portable_command(" ".join(["python -m search.campaign", *rest]))
+    return f"python -m search.campaign --config {provenance.portable_path(campaign.preset)}"
 
 
 def _figure_title(campaign: Campaign, views: Sequence[Any]) -> str:
@@ -266,6 +361,9 @@ def _copy_database(campaign: Campaign, b: BudgetPlan, out: Path) -> Path | None:
     finally:
         copy.close()
         source.close()
+    # The committed copy names no folder of this machine: its data source, artifact folder,
+    # command and report note relative to the project root.
+    provenance.portable_database(tmp)
     tmp.replace(target)
     return target
 
@@ -420,9 +518,9 @@ def readme(
     lines += [
         f"    {record['command']}",
         "",
-        f"The preset as run is `campaign.toml`. Working files (trained models, per-study reports) "
-        f"are in `{c.work}/`. Running the command again continues where it stopped; "
-        "`--summarize` rewrites this folder from what exists.",
+        "The preset as run is `campaign.toml`. Working files (trained models, per-study reports) "
+        f"are in `{provenance.portable_path(c.work)}/`. Running the command again continues "
+        "where it stopped; `--summarize` rewrites this folder from what exists.",
         "",
         "## Machine, versions, time",
         "",
@@ -519,7 +617,7 @@ def _what_the_numbers_are(
         "label smoothing 0.1). `val acc` is the validation accuracy the searched trial had in "
         "its short search run, with its own recipe.",
         "",
-        f"**The search** ran on `{data.source}`"
+        f"**The search** ran on `{provenance.portable_path(data.source)}`"
         + (f", {data.subset} training images per class" if data.subset else "")
         + f", trials of up to {train.epochs} epochs (batch {train.batch_size}, lr {train.lr}), "
         + (
@@ -560,9 +658,11 @@ def _what_the_numbers_are(
 __all__ = [
     "LEADERBOARD_COLUMNS",
     "collect_rows",
+    "keep_preset",
     "load_study_if_any",
     "planned_models",
     "pooled_spread",
+    "rewrite_result",
     "verdict",
     "write_result",
 ]

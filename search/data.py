@@ -308,6 +308,9 @@ def decode(
             "ROOT/{train,test}/<class>/*.png|jpg, or a .tar/.tar.gz of one)"
         )
     mode = _mode(path, what="data")
+    # The source as given, made absolute but not resolved: data/ linked to a larger disk stays
+    # data/..., which a result records relative to the project root (provenance.portable_path).
+    given = os.path.abspath(path)
     path = path.resolve()
     if stat.S_ISDIR(mode):
         for folder, name in _TORCHVISION_FOLDERS.items():
@@ -315,7 +318,7 @@ def decode(
                 decoded = _decode_torchvision(name, path, download=False)
                 if image_size is not None:
                     decoded = _resized(decoded, image_size)
-                return dataclasses.replace(decoded, name=name, source=str(path))
+                return dataclasses.replace(decoded, name=name, source=given)
         key = _folder_key(path)
         name = path.name
     elif _is_tarball(path) and stat.S_ISREG(mode):
@@ -333,10 +336,10 @@ def decode(
     if cache.is_file():
         cached = _read_cache(cache)
         if cached is not None:
-            return dataclasses.replace(cached, name=name, source=str(path))
+            return dataclasses.replace(cached, name=name, source=given)
     files = _list_folder(path) if path.is_dir() else _list_tarball(path)
     decoded = _decode_files(files, image_size=image_size, progress=progress, where=path)
-    return dataclasses.replace(decoded, name=name, source=str(path), cache=cache)
+    return dataclasses.replace(decoded, name=name, source=given, cache=cache)
 
 
 def save_cache(decoded: Decoded) -> None:

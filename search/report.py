@@ -41,6 +41,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 import search
+from search import provenance
 from search.artifacts import find_artifact_dir, upload_trial_artifacts
 from search.figures import (
     TEST_FIELDS,
@@ -241,7 +242,7 @@ def note_markdown(
         "and network summary under Artifacts.",
     ]
     if report_dir is not None:
-        lines.append(f"All plots and `trials.csv`: `{report_dir}`.")
+        lines.append(f"All plots and `trials.csv`: `{provenance.portable_path(report_dir)}`.")
     lines.append(f"Written by `{written_by}` (budget-nas {search.__version__}).")
     return "\n".join(lines) + "\n"
 

@@ -44,6 +44,7 @@ from search.data import Dataset, check_split_arguments, decode, save_cache, spli
 from search.experiment import Experiment, check_run_folder
 from search.export import TOLERANCE, export_all, onnx_available
 from search.jobs import DatasetCache, Job, Outcome, run_jobs
+from search.provenance import locate
 from search.storage import ClaimLock, open_existing_storage
 from search.training import TrainConfig, TrainingDiverged
 from space import Genotype, format_count, parse_budget
@@ -497,11 +498,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "leave --budget out with --study-name"
                 )
             searched_on = study.user_attrs.get("dataset", {})
-            # Where the first run found the data; --data points elsewhere on another machine.
-            # Not its subset: a retrain trains on the whole training set unless --subset says.
+            # Where the first run found the data (relative to the project root when it was
+            # inside it); --data points elsewhere on another machine. Not its subset: a retrain
+            # trains on the whole training set unless --subset says.
+            source = searched_on.get("source")
             data_recorded = {
                 **{k: v for k, v in settings["data"].items() if k != "subset"},
-                "source": searched_on.get("source"),
+                "source": locate(source) if isinstance(source, str) else source,
             }
             recipe_recorded = {
                 k: v for k, v in settings.get("train", {}).items() if k in STUDY_RECIPE

@@ -299,7 +299,7 @@ def fingerprint(dataset: Dataset) -> dict[str, Any]:
 def describe_dataset(dataset: Dataset) -> dict[str, Any]:
     return {
         "name": dataset.name,
-        "source": dataset.source,
+        "source": provenance.portable_path(dataset.source),  # retrain reads it: provenance.locate
         "classes": list(dataset.classes),
         "num_classes": dataset.num_classes,
         "in_channels": dataset.in_channels,

@@ -645,7 +645,9 @@ def make_inputs(root: Path) -> Path:
     (root / "arch-unknown-key.toml").write_text("colour = 1\n" + text)
     (root / "arch-depth-zero.toml").write_text(text.replace("depth = 3", "depth = 0", 1))
     (root / "arch-no-depth.toml").write_text(text.replace("depth = 3", "", 1))
-    (root / "arch-stage-colour.toml").write_text(text.replace("depth = 3", "depth = 3\ncolour = 1", 1))
+    (root / "arch-stage-colour.toml").write_text(
+        text.replace("depth = 3", "depth = 3\ncolour = 1", 1)
+    )
     (root / "arch-stages-table.toml").write_text("[stages]\ndepth = 3\nwidth = 16\n")
     (root / "arch-stage-number.toml").write_text("stages = [3]\n")
     (root / "arch-depth-string.toml").write_text(text.replace("depth = 3", 'depth = "3"', 1))

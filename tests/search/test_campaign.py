@@ -111,6 +111,7 @@ def test_campaign_runs_resumes_and_writes_a_comparison(
     assert "wall time" in readme and "torch" in readme
     assert (out / "pareto.html").stat().st_size > 1000
     assert (out / "campaign.toml").read_text() == preset.read_text()
+    assert (work / "campaign.toml").read_text() == preset.read_text()  # kept as run
     with sqlite3.connect(out / "tiny-20k.db") as con:  # the study, copied whole
         assert len(con.execute("SELECT number FROM trials").fetchall()) == 3
     record = json.loads((out / "campaign.json").read_text())
@@ -358,3 +359,112 @@ def test_campaign_races_the_leaders_and_retrains_the_choice(tmp_path: Path) -> N
     )
     readme = (out / "README.md").read_text()
     assert "How the search chose at 20k" in readme and "references among the trials" in readme
+
+
+def _ran_elsewhere(work: Path, preset: Path) -> dict:
+    """A work folder as a GPU machine left it: its log, the preset as run, its study."""
+    work.mkdir(parents=True)
+    session = {
+        "started": "2026-12-04T11:57:14+00:00",
+        "host": "vm",
+        "command": f"python -m search.campaign --config {preset} --no-progress",
+        "machine": "Intel(R) Xeon(R) Processor, 16 cores, 126 GB; GPU NVIDIA H200",
+        "versions": {"budget_nas": "0.1.0", "python": "3.12.3", "torch": "2.11.0+cu130"},
+        "seconds": 212.0,
+        "stages": [{"stage": "search", "budget": "20k", "seconds": 47.1, "exit": 0}],
+    }
+    (work / "log.json").write_text(json.dumps({"sessions": [session]}))
+    (work / "campaign.toml").write_text(preset.read_text())
+    return session
+
+
+def test_summarize_keeps_the_run_s_preset_machine_versions_and_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna
+
+    from search import provenance
+
+    preset = write_preset(tmp_path)
+    work = tmp_path / "results" / "campaigns" / "tiny"
+    session = _ran_elsewhere(work, preset)
+    as_run = preset.read_text()
+    # The study that run left, with the paths of its machine (tmp_path plays the project root).
+    study = optuna.create_study(study_name="tiny-20k", storage=f"sqlite:///{work}/tiny-20k.db")
+    study.set_user_attr("budget", 20_000)
+    study.set_user_attr("dataset", {"name": "data", "source": f"{tmp_path}/data"})
+    study.set_user_attr("artifact_dir", f"{work}/tiny-20k/artifacts")
+    del study
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)
+    # The preset is edited after the run: the result still shows the preset as run.
+    preset.write_text(as_run.replace("seeds = 2", "seeds = 5"))
+    assert run(tmp_path, preset, "--summarize") == 0
+    out = tmp_path / "results" / "reference" / "tiny"
+    assert (out / "campaign.toml").read_text() == as_run
+    record = json.loads((out / "campaign.json").read_text())
+    assert record["versions"] == session["versions"]  # not this machine's torch
+    assert record["machines"] == [session["machine"]]
+    assert record["command"] == "python -m search.campaign --config tiny.toml --no-progress"
+    assert record["preset"] == "tiny.toml"
+    readme = (out / "README.md").read_text()
+    assert "torch 2.11.0+cu130" in readme and "GPU NVIDIA H200" in readme
+    assert "are in `results/campaigns/tiny/`" in readme
+    # The committed copy of the study names no folder of the machine; the work one is as run.
+    copy = optuna.load_study(study_name="tiny-20k", storage=f"sqlite:///{out}/tiny-20k.db")
+    assert copy.user_attrs["dataset"]["source"] == "data"
+    assert copy.user_attrs["artifact_dir"] == "results/campaigns/tiny/tiny-20k/artifacts"
+    with sqlite3.connect(work / "tiny-20k.db") as con:
+        assert str(tmp_path) in str(con.execute("SELECT * FROM study_user_attributes").fetchall())
+
+    # A work folder from before sessions kept their versions and the preset: the versions its
+    # study recorded, and the preset file itself.
+    (work / "campaign.toml").unlink()
+    del session["versions"]
+    (work / "log.json").write_text(json.dumps({"sessions": [session]}))
+    study = optuna.load_study(study_name="tiny-20k", storage=f"sqlite:///{work}/tiny-20k.db")
+    study.set_user_attr("versions", {"torch": "2.9.0"})
+    assert run(tmp_path, preset, "--summarize") == 0
+    assert json.loads((out / "campaign.json").read_text())["versions"] == {"torch": "2.9.0"}
+    assert (out / "campaign.toml").read_text() == preset.read_text() != as_run
+
+
+def test_a_session_records_its_versions(tmp_path: Path) -> None:
+    from search import provenance
+
+    log = campaign.Log.open(tmp_path / "log.json")
+    log.start()
+    again = campaign.Log.open(tmp_path / "log.json")
+    assert again.sessions[0]["versions"] == provenance.versions()
+
+
+def test_a_result_is_rewritten_from_its_own_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The committed GPU result: its work folder stayed on the device. Its README comes back
+    # from the result's own files, with the run's numbers, machine and versions, and the notes.
+    import shutil
+
+    out = tmp_path / "gpu"
+    shutil.copytree(ROOT / "results" / "reference" / "gpu", out)
+    committed = (out / "README.md").read_text()
+    (out / "README.md").unlink()
+    (out / "NOTES.md").write_text("## Notes\n\nhand-written\n")
+    monkeypatch.setattr("search.report.write_png", lambda figures, out: ([], "no PNG: test"))
+    kept = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.suffix != ".png"}
+    rows = comparison.rewrite_result(out)
+    assert len(rows) == 9
+    readme = (out / "README.md").read_text()
+    # The verdicts, the table, the machine and the versions are those of the run.
+    numbers = "**What the numbers are.**"
+    assert readme.split(numbers)[0] == committed.split(numbers)[0]
+
+    def machine(text: str) -> str:
+        return text.split("## Machine, versions, time")[1].strip().split("\n\n")[0]
+
+    assert machine(readme) == machine(committed)
+    assert "**Search lost at 400k.**" in readme and "**Search won at 5M.**" in readme
+    assert "GPU NVIDIA H200" in readme and "torch 2.11.0+cu130" in readme
+    assert readme.rstrip().endswith("hand-written")
+    for name, data in kept.items():  # nothing else changed
+        if name not in ("README.md", "NOTES.md"):
+            assert (out / name).read_bytes() == data, name

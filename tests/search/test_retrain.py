@@ -422,3 +422,33 @@ def test_a_run_folder_of_other_settings_is_refused_before_any_training(
     assert trained == []
     assert not (tmp_path / ".nas-cache").exists()
     assert sorted(p.name for p in (out / "retrain").iterdir()) == ["mini-resnet"]
+
+
+def test_a_data_source_recorded_relative_to_the_root_is_found_from_elsewhere(
+    searched, tmp_path, monkeypatch, capsys
+) -> None:
+    # A committed study records its data relative to the project root (data/cifar10-jpeg);
+    # here the study's own folder plays the root, and the retrain runs from another folder.
+    import shutil
+
+    from search import provenance
+
+    copy = tmp_path / "study"
+    (copy / "results").mkdir(parents=True)
+    shutil.copyfile(searched / "results" / "tiny.db", copy / "results" / "tiny.db")
+    assert (
+        provenance.portable_database(
+            copy / "results" / "tiny.db",
+            lambda text: text.replace(f'"source": "{searched}/data"', '"source": "data"'),
+        )
+        == 1
+    )
+    assert study_of(copy).user_attrs["dataset"]["source"] == "data"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    args = retrain_args(copy, tmp_path / "out", "--top", "1", "--epochs", "1")
+    assert retrain_main(args) == 2  # the project root holds no data/: not found, one line
+    assert "'data': no such file or folder" in capsys.readouterr().err
+    monkeypatch.setattr(provenance, "ROOT", searched)
+    assert retrain_main(args) == 0
