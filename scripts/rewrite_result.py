@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from search.comparison import rewrite_result
+from search.campaign.result import rewrite_result
 from space._cli import ArgumentParser
 from space.errors import UserError
 

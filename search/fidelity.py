@@ -54,7 +54,7 @@ from typing import Any
 import optuna
 
 from search import provenance
-from search.campaign import Log
+from search.campaign.log import Log
 from search.config import DataConfig, configure_torch, from_mapping, resolve_device
 from search.data import check_split_arguments, decode, save_cache, split
 from search.experiment import Experiment

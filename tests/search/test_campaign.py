@@ -11,7 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search import campaign, comparison, experiment
+from search import campaign, experiment
+from search.campaign import result as comparison
+from search.study import STANDARD_RECIPE
 from space import Genotype
 from tests.conftest import ROOT
 from tests.search.searchkit import campaign_preset as write_preset
@@ -290,7 +292,7 @@ def test_the_shipped_campaign_presets_load(preset: Path, tmp_path: Path) -> None
 def test_the_standard_recipe_is_the_references_own() -> None:
     # Swapped recipes train a searched network "with the references' recipe": it must be theirs.
     for path in sorted((ROOT / "configs" / "reference").glob("*.toml")):
-        assert Genotype.load(path).augment == campaign.STANDARD_RECIPE, path.name
+        assert Genotype.load(path).augment == STANDARD_RECIPE, path.name
 
 
 def test_a_session_killed_mid_stage_keeps_its_time(tmp_path: Path) -> None:

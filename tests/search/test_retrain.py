@@ -448,6 +448,8 @@ def test_a_data_source_recorded_relative_to_the_root_is_found_from_elsewhere(
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     args = retrain_args(copy, tmp_path / "out", "--top", "1", "--epochs", "1")
+    # a project root without data/ (this checkout may hold one)
+    monkeypatch.setattr(provenance, "ROOT", tmp_path / "empty-root")
     assert retrain_main(args) == 2  # the project root holds no data/: not found, one line
     assert "'data': no such file or folder" in capsys.readouterr().err
     monkeypatch.setattr(provenance, "ROOT", searched)

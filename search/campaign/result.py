@@ -28,12 +28,14 @@ import statistics
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 import pandas as pd
 
 from search import provenance
+from search.campaign.log import Log
+from search.campaign.preset import BudgetPlan, Campaign
 from search.config import DataConfig
 from search.storage import open_existing_storage, parse_storage
 from search.study import SearchConfig
@@ -41,9 +43,6 @@ from search.training import TrainConfig
 from space import format_count
 from space._io import write_json_atomic, write_text_atomic
 from space.errors import UserError
-
-if TYPE_CHECKING:
-    from search.campaign import BudgetPlan, Campaign, Log
 
 MAX_DATABASE_BYTES = 4 * 2**20  # a study database is copied into the result up to this size
 # The preset as run, in the work folder (written when a session starts) and in the result: a
@@ -232,7 +231,7 @@ def rewrite_result(out: Path) -> pd.DataFrame:
     after a hand-written ``NOTES.md`` was added or where the run could not render the PNG.
     The leaderboard, the record, the databases and ``pareto.html`` (written when missing) are
     left as they are; nothing is trained."""
-    from search.campaign import Log, load_campaign
+    from search.campaign.preset import load_campaign
     from search.figures import StudyView
 
     try:
@@ -565,27 +564,32 @@ def search_story(study: optuna.Study, budget: int) -> list[str]:
 def _table(rows: pd.DataFrame) -> list[str]:
     if rows.empty:
         return ["No model has finished retraining yet."]
+    # The race's column where a race ran (a result made before the race has none).
+    raced = "race_val_acc" in rows and bool(rows["race_val_acc"].notna().any())
     head = (
-        "| budget | model | source | recipe | params | MACs | val acc (search) | val acc (race) "
-        "| test acc | test acc, TTA | seeds | epochs | train images | minutes |"
+        "| budget | model | source | recipe | params | MACs | val acc (search) | "
+        + ("val acc (race) | " if raced else "")
+        + "test acc | test acc, TTA | seeds | epochs | train images | minutes |"
     )
-    lines = [head, "|" + " ---: |" * 2 + " --- |" * 2 + " ---: |" * 10]
+    lines = [head, "|" + " ---: |" * 2 + " --- |" * 2 + " ---: |" * (10 if raced else 9)]
     for r in rows.itertuples():
         seeds = f"{r.seeds}" + (f" of {r.seeds_planned}" if r.seeds < r.seeds_planned else "")
         name = f"**{r.name}**" if r.chosen else r.name
+        race = getattr(r, "race_val_acc", None)
         lines.append(
             f"| {format_count(r.budget)} | {name} | {r.source} | {r.recipe} | "
             f"{r.params:,} | {format_count(r.macs)}{'' if r.fits_budget else ' (over)'} | "
             f"{'' if pd.isna(r.val_acc) else _pct(r.val_acc)} | "
-            f"{'' if pd.isna(r.race_val_acc) else _pct(r.race_val_acc)} | "
-            f"{_acc(r.test_acc_mean, r.test_acc_std, r.seeds)} | "
+            + (f"{'' if pd.isna(race) else _pct(race)} | " if raced else "")
+            + f"{_acc(r.test_acc_mean, r.test_acc_std, r.seeds)} | "
             f"{_acc(r.test_acc_tta_mean, r.test_acc_tta_std, r.seeds)} | {seeds} | {r.epochs} | "
             f"{r.train_images:,} | {r.minutes:.1f} |"
         )
     lines += [
         "",
-        "In bold: the network the search chose (best validation accuracy). `(over)`: over the "
-        "parameter or MACs budget.",
+        "In bold: the network the search chose"
+        + (" (best in the race of the leaders)" if raced else " (best validation accuracy)")
+        + ". `(over)`: over the parameter or MACs budget.",
     ]
     return lines
 
