@@ -82,6 +82,7 @@ _TRIAL_COLUMNS = (
     "images_per_s",
     "status",
     "duplicate_of",
+    "reference",
     "device",
     "key",
 )

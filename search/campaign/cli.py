@@ -95,8 +95,11 @@ def _stage(
     return code
 
 
-def run_budget(campaign: Campaign, b: BudgetPlan, log: Log, *, progress: bool) -> int:
-    """Search, retrain and report one budget; the first exit code that is not 0."""
+def run_budget(
+    campaign: Campaign, b: BudgetPlan, log: Log, *, progress: bool, until: str = "report"
+) -> int:
+    """Search, retrain and report one budget (up to the stage ``until``); the first exit code
+    that is not 0."""
     from search import report, retrain
     from search import run as search_run
 
@@ -122,6 +125,8 @@ def run_budget(campaign: Campaign, b: BudgetPlan, log: Log, *, progress: bool) -
         code = _stage(log, "search", b.label, "search.run", argv, search_run.main, digest)
         if code != 0:
             return code
+    if until == "search":
+        return 0
 
     url = campaign.storage_url(b)
     models = plan_models(campaign, b)
@@ -170,7 +175,7 @@ def run_budget(campaign: Campaign, b: BudgetPlan, log: Log, *, progress: bool) -
         *quiet,
     ]
     code = _stage(log, "retrain", b.label, "search.retrain", argv, retrain.main)
-    if code != 0:
+    if code != 0 or until == "retrain":
         return code
     return _stage(
         log,
@@ -279,6 +284,13 @@ def build_parser() -> ArgumentParser:
         action="store_true",
         help="train nothing: rewrite the result from what exists",
     )
+    p.add_argument(
+        "--until",
+        choices=("search", "retrain", "report"),
+        default="report",
+        help="stop after this stage of every budget (a campaign split across device calls: "
+        "search in one, the rest in the next); default: all of them",
+    )
     p.add_argument("--no-progress", action="store_true", help="log lines only, no bars")
     return p
 
@@ -323,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = 0
     try:
         for b in campaign.budgets:
-            code = run_budget(campaign, b, log, progress=not args.no_progress)
+            code = run_budget(campaign, b, log, progress=not args.no_progress, until=args.until)
             if code != 0:
                 break
     except KeyboardInterrupt:

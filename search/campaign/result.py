@@ -8,7 +8,8 @@ interruption, and for ``--summarize``.
 
 Honesty rules, enforced here rather than left to the reader:
 
-- the searched network in the headline is the one the search chose (best validation accuracy),
+- the searched network in the headline is the one the search chose (the race's winner, else the
+  best validation accuracy),
   never the one that did best on the test split; the reference it meets is the best reference on
   the test split, which favours the references;
 - the noise is the standard deviation over seeds pooled over every model of the budget (all
@@ -433,7 +434,13 @@ def verdict(rows: pd.DataFrame, budget: int, planned: Sequence[Mapping[str, Any]
     else:
         noise_text = "with no seed spread to weigh it against"
     text = (
-        f"{head} The network the search chose (best validation accuracy), {s['name']} "
+        f"{head} The network the search chose ("
+        + (
+            "the race's winner on validation"
+            if pd.notna(s.get("race_val_acc", float("nan")))
+            else "best validation accuracy"
+        )
+        + f"), {s['name']} "
         f"({format_count(s.params)} parameters, {format_count(s.macs)} MACs), reached "
         f"{_acc(s.test_acc_mean, s.test_acc_std, int(s.seeds))} test accuracy against "
         f"{_acc(r.test_acc_mean, r.test_acc_std, int(r.seeds))} for {r['name']} "
@@ -618,8 +625,10 @@ def _what_the_numbers_are(
         "logits of flipped and shifted views. Every model of a budget trained with the same "
         "recipe, epochs, data and seeds; `recipe` says whose augmentation it used (`own`: the "
         "one it came with, `searched`: the chosen searched network's, `standard`: crop 4, flip, "
-        "label smoothing 0.1). `val acc` is the validation accuracy the searched trial had in "
-        "its short search run, with its own recipe.",
+        "label smoothing 0.1). `val acc (search)` is the validation accuracy a network had in "
+        "its short trial in the search (with the search's recipe: the standard one unless the "
+        "search was joint), `val acc (race)` its mean over the race's seeds at the race's "
+        "longer setting, where it raced.",
         "",
         f"**The search** ran on `{provenance.portable_path(data.source)}`"
         + (f", {data.subset} training images per class" if data.subset else "")

@@ -470,3 +470,19 @@ def test_a_result_is_rewritten_from_its_own_files(
     for name, data in kept.items():  # nothing else changed
         if name not in ("README.md", "NOTES.md"):
             assert (out / name).read_bytes() == data, name
+
+
+@pytest.mark.slow
+def test_until_search_stops_before_the_retraining_and_the_next_run_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    preset = write_preset(tmp_path, swap=False)
+    assert run(tmp_path, preset, "--until", "search") == 0
+    work = tmp_path / "results" / "campaigns" / "tiny"
+    assert (work / "tiny-20k.db").is_file()
+    assert not list(work.glob("tiny-20k/retrain/*"))  # nothing retrained yet
+    capsys.readouterr()
+    assert run(tmp_path, preset) == 0
+    assert "finished in an earlier session" in capsys.readouterr().out
+    board = pd.read_csv(tmp_path / "results" / "reference" / "tiny" / "leaderboard.csv")
+    assert set(board["source"]) == {"search", "reference"}
