@@ -1,0 +1,45 @@
+"""scripts/bench_sampler.py on a tiny campaign preset: one study per sampler and seed, the
+sampler-drawn trials only, and a table of the best accuracy after n trials; resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.scripts import run_script
+from tests.search.searchkit import campaign_preset
+
+
+@pytest.mark.slow
+def test_one_study_per_sampler_and_seed_and_a_table(tmp_path: Path) -> None:
+    preset = campaign_preset(tmp_path, swap=False)
+    out = tmp_path / "out"
+    args = ["--config", str(preset), "--samplers", "tpe", "random", "--seeds", "0", "1"]
+    done = run_script("bench_sampler", *args, "--out", str(out), "--parallel", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((out / "samplers.json").read_text())
+    assert set(result["best_val_acc"]) == {"tpe", "random"}
+    assert result["trials"] == 3 and result["at"][-1] == 3
+    for sampler in ("tpe", "random"):
+        for seed in (0, 1):
+            study = optuna.load_study(
+                study_name=f"{sampler}-{seed}", storage=f"sqlite:///{out / f'{sampler}-{seed}'}.db"
+            )
+            assert len(study.trials) == 3
+            assert not any("reference" in t.user_attrs for t in study.trials)  # drawn only
+            assert "race" not in study.user_attrs
+        assert len(result["best_val_acc"][sampler]["3"]["seeds"]) == 2
+    assert "| tpe |" in (out / "samplers.md").read_text()
+    # run again: every study is finished, nothing trains, the table is the same
+    again = run_script("bench_sampler", *args, "--out", str(out))
+    assert again.returncode == 0
+    assert json.loads((out / "samplers.json").read_text())["best_val_acc"] == result["best_val_acc"]
+
+
+def test_an_unknown_sampler_is_refused(tmp_path: Path) -> None:
+    preset = campaign_preset(tmp_path, swap=False)
+    done = run_script("bench_sampler", "--config", str(preset), "--samplers", "cmaes")
+    assert done.returncode == 2 and "unknown cmaes" in done.stderr
