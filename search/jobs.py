@@ -195,6 +195,11 @@ def _train(
         )
     except TrainingDiverged as exc:
         return Outcome(job, error=f"diverged: {exc}")
+    except torch.cuda.OutOfMemoryError as exc:  # too many trainings on one GPU, say
+        first = (str(exc).strip().splitlines() or ["out of memory"])[0][:200]
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return Outcome(job, error=f"CUDA out of memory: {first}")
     return Outcome(job, metrics)
 
 
@@ -220,6 +225,7 @@ class _Progress:
         self.bar, self.jobs = bar, jobs
         self.epochs = dict.fromkeys(todo, 0)
         self.running: set[int] = set()
+        self.finished: set[int] = set()
         self.lock = threading.Lock()
 
     def epoch(self, i: int) -> Callable[[EpochStats], None]:
@@ -230,6 +236,8 @@ class _Progress:
 
     def seen(self, i: int, epoch: int) -> None:
         with self.lock:
+            if i in self.finished:  # an epoch event that arrived after its job's end
+                return
             self.running.add(i)
             self.epochs[i] = epoch
             self.bar.n = sum(self.epochs.values())
@@ -239,6 +247,7 @@ class _Progress:
     def done(self, i: int, outcome: Outcome) -> None:
         with self.lock:
             self.running.discard(i)
+            self.finished.add(i)
             if i in self.epochs:
                 self.epochs[i] = self.jobs[i].experiment.train.epochs
                 self.bar.n = sum(self.epochs.values())
@@ -275,16 +284,18 @@ def _run_pool(
     events = context.Queue()
     counter = context.Value("i", 0)
     gpus = _visible_gpus() if device.type == "cuda" else []
-    threads = max(1, (os.cpu_count() or 1) // concurrency)
+    if gpus and device.index is not None:  # cuda:N: the jobs share that one GPU
+        gpus = [gpus[device.index]]
     workers = min(concurrency * max(1, len(gpus)), len(order))
+    threads = max(1, (os.cpu_count() or 1) // workers)
     executor = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=context,
         initializer=_init_worker,
         initargs=(events, counter, gpus, threads),
     )
-    stop = threading.Event()
-    reader = threading.Thread(target=_read_events, args=(events, view, stop), daemon=True)
+    read_done = threading.Event()
+    reader = threading.Thread(target=_read_events, args=(events, view, read_done), daemon=True)
     reader.start()
     pending: dict[Future, int] = {}
     try:
@@ -309,7 +320,7 @@ def _run_pool(
     else:
         executor.shutdown(wait=True)
     finally:
-        stop.set()
+        read_done.set()
         reader.join(timeout=5)
 
 
@@ -386,9 +397,14 @@ def mps_daemon(*, enabled: bool) -> Iterator[str]:
         print("mps: nvidia-cuda-mps-control not found; jobs share the GPU by time-slicing")
         yield "unavailable"
         return
-    if os.environ.get("CUDA_MPS_PIPE_DIRECTORY") and _mps_answers():
+    if _mps_answers():  # this machine's own daemon (its pipe folder, or the default one)
         yield "already running"
         return
+    if torch.cuda.is_initialized():
+        print(
+            "mps: this process already holds a CUDA context, which stays outside MPS; the "
+            "trainings it starts now run under it"
+        )
     folder = Path(tempfile.mkdtemp(prefix="nas-mps-"))
     saved = {k: os.environ.get(k) for k in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")}
     os.environ["CUDA_MPS_PIPE_DIRECTORY"] = str(folder / "pipe")
@@ -417,6 +433,9 @@ def mps_daemon(*, enabled: bool) -> Iterator[str]:
 
 
 def _mps_answers() -> bool:
+    pipe = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")
+    if not Path(pipe).exists():
+        return False
     with contextlib.suppress(Exception):
         done = subprocess.run(
             ["nvidia-cuda-mps-control"],

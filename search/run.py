@@ -36,7 +36,7 @@ from search.artifacts import artifact_dir, upload_trial_artifacts
 from search.config import DataConfig, configure_torch, load_sections, merge, resolve_device
 from search.data import Dataset, Decoded, decode, save_cache, split_as_configured
 from search.live import LiveFront
-from search.stages import story
+from search.stages import claim_stages, release_stages, story
 from search.stages.race import (
     choice_of,
     choose,
@@ -441,8 +441,23 @@ def _main(argv: Sequence[str] | None) -> int:
     front = (
         None if child else LiveFront(study, journal=spec.path if spec.kind == "journal" else None)
     )
+    # A run that ended its trials on the timeout, then was stopped in the stages after them,
+    # goes on with those stages: another timeout's worth of trials would change the leaders.
+    ended = study.user_attrs.get("trials_ended")
+    resume_stages = (
+        not child
+        and isinstance(ended, dict)
+        and ended.get("why") == "timeout"
+        and "choice" not in study.user_attrs
+    )
     try:
-        if not child:
+        if resume_stages:
+            print(
+                "the trials ended on the timeout in an earlier run: going on with the stages "
+                "after them"
+            )
+            stopped = "timeout"
+        elif not child:
             lock = ClaimLock(spec, storage, plan.study_name)
             try:
                 train_yardsticks(
@@ -461,7 +476,9 @@ def _main(argv: Sequence[str] | None) -> int:
                 )
             finally:
                 lock.close()
-        if plan.search.workers > 1 and not child:
+        if resume_stages:
+            pass
+        elif plan.search.workers > 1 and not child:
             stopped = _supervise(
                 plan, argv, study, progress=progress, deadline=deadline, front=front
             )
@@ -503,7 +520,12 @@ def _main(argv: Sequence[str] | None) -> int:
         return 0 if stopped in ("done", "timeout") else 1
     if stopped in ("done", "timeout"):
         try:
+            if not resume_stages:  # how the trials ended, for a run that resumes the stages
+                study.set_user_attr("trials_ended", {"why": stopped, "trials": count_active(study)})
             _after_trials(plan, settings, study, storage, spec, dataset, progress=progress)
+        except UserError as exc:  # a run folder of other settings, say: one line
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             print(
                 "interrupted: finished epochs are kept; run the same command again to continue",
@@ -535,11 +557,20 @@ def _after_trials(
     *,
     progress: bool,
 ) -> None:
-    """The race of the leaders, the recipe stage of the chosen network, and the choice."""
+    """The race of the leaders, the recipe stage of the chosen network, and the choice: in one
+    process at a time (several machines may share a study; the first to get here runs them)."""
     search = plan.search
     results = Path(search.results) / plan.study_name
     race_epochs = search.race_epochs or RACE_LENGTH * plan.train.epochs
     lock = ClaimLock(spec, storage, plan.study_name)
+    holder = claim_stages(study, lock)
+    if holder is not None:
+        lock.close()
+        print(
+            f"\nthe race and the recipe stage run in another process ({holder}); its summary "
+            "will show the choice"
+        )
+        return
     try:
         race = None
         if search.race_top > 0:
@@ -567,7 +598,8 @@ def _after_trials(
         if chosen is None:
             return
         recipe = None
-        if settings.recipe is not None and search.recipe_trials > 0:
+        # The recipe stage where the trials shared one recipe and the space has others.
+        if settings.recipe is not None and search.recipe_trials > 0 and plan.space.draws_recipe:
             recipe_epochs = search.recipe_epochs or race_epochs
             print(
                 f"\nrecipe stage: {search.recipe_trials} recipes for {chosen['name']}, "
@@ -594,6 +626,7 @@ def _after_trials(
             )
         record_choice(study, chosen, recipe, lock=lock)
     finally:
+        release_stages(study, lock)
         lock.close()
 
 

@@ -333,7 +333,10 @@ def resolve_recipe(value: str | None, recorded: dict[str, Any] | None) -> Augmen
         )
     from space import Genotype
 
-    return Genotype.load(value).augment
+    augment = Genotype.load(value).augment
+    if augment.auto != "randaugment":  # the magnitude only RandAugment reads, as drawn ones have it
+        augment = dataclasses.replace(augment, auto_magnitude=9)
+    return augment
 
 
 def recorded_settings(

@@ -518,7 +518,12 @@ class _GivenTrial:
     def suggest_float(
         self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
     ) -> float:
-        return self._give(name, lambda v: isinstance(v, (int, float)) and low <= v <= high, low)
+        def allowed(v: Any) -> bool:
+            if not isinstance(v, (int, float)) or not low <= v <= high:
+                return False
+            return step is None or math.isclose((v - low) / step, round((v - low) / step))
+
+        return self._give(name, allowed, low)
 
     def suggest_categorical(self, name: str, choices: Any) -> Any:
         options = list(choices)
@@ -576,7 +581,7 @@ def express(
     if params > budget or (max_macs is not None and macs > max_macs):
         return None
     # floor(budget * fill) must come to the network's own count: aim half a parameter above it.
-    values["budget_fill"] = (params + 0.5) / budget
+    values["budget_fill"] = min(1.0, (params + 0.5) / budget)
     del scale  # the scale is fit_to_budget's to find; the check below says whether it does
     trial = _GivenTrial(values)
     drawn = sample(

@@ -19,6 +19,12 @@ The choice (study attribute ``choice``) is what ``search.retrain`` and ``search.
 as the search's network. Nothing here looks at the test split.
 """
 
+import contextlib
+import threading
+import time
+
+import optuna
+
 from search.stages.race import choice_of, race_lines, race_record, run_race
 from search.stages.recipe import describe_augment, recipe_lines, run_recipe_stage
 from search.stages.references import (
@@ -30,6 +36,56 @@ from search.stages.references import (
     standing_of,
     train_yardsticks,
 )
+from search.storage import ClaimLock
+from search.study import worker_gone, worker_identity
+
+STAGES_ALIVE = 600  # seconds an owner on another machine counts as alive after its last beat
+
+
+def claim_stages(study: optuna.Study, lock: ClaimLock) -> str | None:
+    """Take the stages after the trials for this process (study attribute ``stages_owner``,
+    kept fresh by a beat every minute); None when taken, else who holds them: a live process of
+    this machine, or one of another machine that beat within ``STAGES_ALIVE`` seconds."""
+    me = worker_identity()
+    lock.acquire()
+    try:
+        owner = study.user_attrs.get("stages_owner")
+        if isinstance(owner, dict) and owner.get("worker"):
+            worker = owner["worker"]
+            same = (worker.get("host"), worker.get("pid")) == (me["host"], me["pid"])
+            fresh = time.time() - owner.get("time", 0) < STAGES_ALIVE
+            if not same and not worker_gone(worker) and (worker.get("host") == me["host"] or fresh):
+                return f"{worker.get('host')} pid {worker.get('pid')}"
+        study.set_user_attr("stages_owner", {"worker": me, "time": time.time()})
+    finally:
+        lock.release()
+    beat = threading.Event()
+
+    def beating() -> None:
+        while not beat.wait(60):
+            with contextlib.suppress(Exception):
+                study.set_user_attr("stages_owner", {"worker": me, "time": time.time()})
+
+    thread = threading.Thread(target=beating, name="stages-owner", daemon=True)
+    thread.start()
+    _BEATS[id(study)] = (beat, thread)
+    return None
+
+
+def release_stages(study: optuna.Study, lock: ClaimLock) -> None:
+    """Let the stages go (at their end, or when this process stops in them)."""
+    beat, thread = _BEATS.pop(id(study), (None, None))
+    if beat is not None:
+        beat.set()
+        thread.join(timeout=5)
+    lock.acquire()
+    try:
+        study.set_user_attr("stages_owner", None)
+    finally:
+        lock.release()
+
+
+_BEATS: dict[int, tuple[threading.Event, threading.Thread]] = {}
 
 
 def story(trials, attrs, budget: int) -> list[str]:  # type: ignore[no-untyped-def]

@@ -72,30 +72,35 @@ def run_recipe_stage(
     best in ``study``'s attribute ``recipe`` and return it."""
     name = recipe_study_name(study.study_name, trial, epochs)
     recipes = space.recipe_space()
+    inner = optuna.create_study(
+        storage=storage, study_name=name, direction="maximize", load_if_exists=True
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(
-            seed=(seed * 1_000_003 + trial + host_salt()) % 2**32,
+        # Seeded also by the trials already there: a resumed stage draws new recipes.
+        inner.sampler = optuna.samplers.TPESampler(
+            seed=(seed * 1_000_003 + trial + 7919 * len(inner.trials) + host_salt()) % 2**32,
             n_startup_trials=max(1, trials // 3),
             multivariate=True,
             constant_liar=True,
         )
-    inner = optuna.create_study(
-        storage=storage,
-        study_name=name,
-        direction="maximize",
-        sampler=sampler,
-        load_if_exists=True,
-    )
     if not inner.user_attrs.get("architecture"):
         inner.set_user_attr("architecture", genotype.key())
         inner.set_user_attr("of", {"study": study.study_name, "trial": trial, "epochs": epochs})
-        fixed = _fixed_values(genotype.augment, recipes)
+    fixed = _fixed_values(genotype.augment, recipes)
+    states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+    has_fixed = any(t.user_attrs.get("fixed") and t.state in states for t in inner.trials)
+    if fixed is not None and not has_fixed:  # first, or again after a run killed in it
         inner.enqueue_trial(fixed, user_attrs={"fixed": True})
+    # Only this stage runs trials of this study, one process at a time: a running trial found
+    # at the start was left by a run that was killed. One that had drawn its recipe trains on
+    # from its folder's last epoch; one killed before that is failed and replaced.
+    resumed = []
     for t in inner.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # Only this stage runs trials of this study, one process at a time: a running trial
-        # found at the start was left by a run that was killed.
-        inner._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        if "augment" in t.user_attrs:
+            resumed.append(t.number)
+        else:
+            inner._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
     cache = DatasetCache({settings.data: dataset})
     train = dataclasses.replace(settings.train, epochs=epochs, seed=seed + RECIPE_SEED)
     while True:
@@ -103,14 +108,22 @@ def run_recipe_stage(
         left = trials - len(done)
         if left <= 0:
             break
-        with warnings.catch_warnings():  # ask/tell on a storage that keeps heartbeats
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            asked = [inner.ask() for _ in range(min(concurrency, left))]
-        augments = [sample_augment(t, recipes) for t in asked]
+        batch: list[tuple[int, Augment]] = []
+        for number in resumed[: max(1, concurrency)]:
+            batch.append((number, Augment(**inner.trials[number].user_attrs["augment"])))
+        resumed = resumed[len(batch) :]
+        if not batch:
+            with warnings.catch_warnings():  # ask/tell on a storage that keeps heartbeats
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                for _ in range(min(concurrency, left)):
+                    t = inner.ask()
+                    augment = sample_augment(t, recipes)
+                    t.set_user_attr("augment", dataclasses.asdict(augment))
+                    batch.append((t.number, augment))
         jobs = []
-        for t, augment in zip(asked, augments, strict=True):
+        for number, augment in batch:
             experiment = Experiment(
-                name=f"{name}-{t.number}",
+                name=f"{name}-{number}",
                 genotype=genotype.replace(augment=augment),
                 data=settings.data,
                 train=train,
@@ -118,9 +131,8 @@ def run_recipe_stage(
                 eval_epochs=(epochs,),
                 test=False,
             )
-            t.set_user_attr("augment", dataclasses.asdict(augment))
             jobs.append(
-                Job(experiment, folder / name / f"trial-{t.number}", label=f"recipe {t.number}")
+                Job(experiment, folder / name / f"trial-{number}", label=f"recipe {number}")
             )
         outcomes = run_jobs(
             jobs,
@@ -132,12 +144,14 @@ def run_recipe_stage(
             desc="recipe",
             stop=stop,
         )
-        for t, o in zip(asked, outcomes, strict=True):
+        for (number, _), o in zip(batch, outcomes, strict=True):
             if o.metrics is None:
-                t.set_user_attr("status", o.error or "failed")
-                inner.tell(t, state=TrialState.PRUNED)
+                inner._storage.set_trial_user_attr(
+                    inner.trials[number]._trial_id, "status", o.error or "failed"
+                )
+                inner.tell(number, state=TrialState.PRUNED)
             else:
-                inner.tell(t, o.metrics["val_acc"])
+                inner.tell(number, o.metrics["val_acc"])
     complete = inner.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
     fixed_trial = next((t for t in complete if t.user_attrs.get("fixed")), None)
@@ -160,12 +174,17 @@ def run_recipe_stage(
     return record
 
 
-def _fixed_values(augment: Augment, recipes: SearchSpace) -> dict[str, Any]:
-    """The recipe stage's choices that draw ``augment`` (those of its choices that are drawn)."""
-    from space.searchspace import AUGMENT_CHOICES
+def _fixed_values(augment: Augment, recipes: SearchSpace) -> dict[str, Any] | None:
+    """The recipe stage's choices that draw ``augment`` (those of its choices that are drawn),
+    or None when the space's choices cannot draw it (a recipe file with a crop of 8 where the
+    space offers 0, 2 and 4, say): then it is no trial of the stage."""
+    from space.searchspace import AUGMENT_CHOICES, _GivenTrial
 
     values = {name: getattr(augment, f) for name, f in AUGMENT_CHOICES.items()}
-    return {k: v for k, v in values.items() if recipes.params[k].fixed is None}
+    given = _GivenTrial(values)
+    if sample_augment(given, recipes) != augment or not given.ok:
+        return None
+    return dict(given.drawn)
 
 
 def recipe_lines(record: dict[str, Any]) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from space.searchspace import SearchSpace, express
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 REFERENCES = ROOT / "configs" / "reference"
-YARDSTICK_SEED = 1_000_000  # yardstick i trains with seed + YARDSTICK_SEED + i
+YARDSTICK_SEED = 1_000_000  # a yardstick trains with seed + YARDSTICK_SEED + crc32(its name)
 
 
 def reference_path(text: str) -> Path:
@@ -111,7 +112,13 @@ def seed_study(
     caller holds the study's claim lock (two processes starting together enqueue once)."""
     recorded = study.user_attrs.get("references")
     if isinstance(recorded, dict):
+        _enqueue_again(study, recorded)
         return recorded
+    if study.trials:
+        # A study made before references entered studies: it goes on as it was made.
+        record = {"enqueued": [], "yardsticks": [], "genotypes": {}, "older_study": True}
+        study.set_user_attr("references", record)
+        return record
     enqueued, yardsticks = [], []
     for r in references:
         values = express(
@@ -135,6 +142,17 @@ def seed_study(
     }
     study.set_user_attr("references", record)
     return record
+
+
+def _enqueue_again(study: optuna.Study, record: dict[str, Any]) -> None:
+    """An enqueued reference whose trial failed (a Ctrl-C in it, say: Optuna fails it and
+    nothing retries it) is enqueued again, with the values its trial had."""
+    alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    trials = study.get_trials(deepcopy=False)
+    for name in record.get("enqueued", []):
+        mine = [t for t in trials if t.user_attrs.get("reference") == name]
+        if mine and not any(t.state in alive for t in mine):
+            study.enqueue_trial(dict(mine[0].params), user_attrs={"reference": name})
 
 
 def train_yardsticks(
@@ -163,8 +181,11 @@ def train_yardsticks(
     train = settings.train
     reads = tuple(sorted(rung_epochs(settings.min_epochs, train.epochs, settings.reduction_factor)))
     jobs = []
-    for i, r in enumerate(todo):
-        config = dataclasses.replace(train, seed=seed + YARDSTICK_SEED + i)
+    for r in todo:
+        # A seed of the name's own, so that another list of references trains the same ones.
+        config = dataclasses.replace(
+            train, seed=seed + YARDSTICK_SEED + zlib.crc32(r.name.encode())
+        )
         experiment = Experiment(
             name=r.name,
             genotype=r.genotype,
@@ -303,10 +324,12 @@ def standing_of(trials: Sequence[FrozenTrial], attrs: Mapping[str, Any], budget:
     """``standing`` from a study's trials and user attributes (a report's view of it)."""
     searched = _searched(trials, budget)
     places: list[Place] = []
-    by_name = {}
-    for t in trials:
+    by_name: dict[str, FrozenTrial] = {}
+    for t in trials:  # per reference its complete trial, else its latest
         if is_reference(t) and t.state != TrialState.WAITING:
-            by_name.setdefault(t.user_attrs["reference"], t)
+            name = t.user_attrs["reference"]
+            if name not in by_name or by_name[name].state != TrialState.COMPLETE:
+                by_name[name] = t
     for name, t in by_name.items():
         value = t.value if t.state == TrialState.COMPLETE else None
         params = t.user_attrs.get("params", 0)

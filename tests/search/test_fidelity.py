@@ -50,10 +50,33 @@ def test_top_overlap_counts_the_shared_best() -> None:
 
 def test_bootstrap_interval_brackets_rho_and_is_seeded() -> None:
     x, y = _pairs(3, 16, ties=False)
-    low, high = fidelity.bootstrap_interval(x, y, reps=500, seed=1)
-    assert low <= fidelity.spearman(x, y) <= high
-    assert (low, high) == fidelity.bootstrap_interval(x, y, reps=500, seed=1)
+    _, z = _pairs(4, 16, ties=False)
+    low, high = fidelity.bootstrap_interval(x, [y, z], reps=500, seed=1)
+    assert low <= fidelity.against_seeds(x, [y, z], fidelity.spearman) <= high
+    assert (low, high) == fidelity.bootstrap_interval(x, [y, z], reps=500, seed=1)
     assert high - low > 0.01  # 16 points cannot pin rho down
+
+
+def test_short_settings_are_weighed_seed_by_seed_as_the_ceiling_is() -> None:
+    # The ceiling sets one long training against another; a short setting is set against one
+    # long training at a time too, else the mean of two seeds (less noisy) could pass it.
+    a, b = [0.1, 0.4, 0.2, 0.5, 0.3], [0.2, 0.3, 0.1, 0.5, 0.4]
+    short = [0.15, 0.35, 0.2, 0.5, 0.3]
+    assert fidelity.against_seeds(short, [a, b], fidelity.spearman) == pytest.approx(
+        (fidelity.spearman(short, a) + fidelity.spearman(short, b)) / 2
+    )
+    assert fidelity.seed_to_seed([a, b], fidelity.spearman) == fidelity.spearman(a, b)
+    c = [0.3, 0.1, 0.2, 0.4, 0.5]
+    assert fidelity.seed_to_seed([a, b, c], fidelity.kendall) == pytest.approx(
+        (fidelity.kendall(a, b) + fidelity.kendall(a, c) + fidelity.kendall(b, c)) / 3
+    )
+
+
+def test_tied_accuracies_do_not_count_as_agreement() -> None:
+    # All tied on both sides: any top 5 is as good as another; breaking ties by position on
+    # both sides would call it a perfect overlap.
+    flat = [0.5] * 10
+    assert fidelity.top_overlap(flat, flat, k=5) < 5
 
 
 # -- the command ------------------------------------------------------------------------------

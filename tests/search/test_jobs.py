@@ -114,3 +114,23 @@ def test_progress_counts_every_epoch_of_every_job(tmp_path: Path) -> None:
     assert all(o.ok for o in outcomes)
     assert len(cache._loaded) == 1  # one decode and split for both
     del epochs
+
+
+@pytest.mark.slow
+def test_a_stop_reaches_trainings_side_by_side(tmp_path: Path) -> None:
+    # The signal handler of search.run only sets an event: the pool must read it.
+    stop = threading.Event()
+    timer = threading.Timer(8.0, stop.set)  # after the workers have started
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_jobs(
+                make_jobs(tmp_path, "stop", epochs=500),
+                device=torch.device("cpu"),
+                concurrency=2,
+                progress=False,
+                stop=stop,
+            )
+    finally:
+        timer.cancel()
+    assert not list((tmp_path / "stop").rglob("metrics.json"))

@@ -10,14 +10,17 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from search.config import DataConfig
 from search.retrain import select_trials
 from search.run import main as run_main
 from search.stages.race import pooled_spread, race_verdict, summarize_race
-from search.stages.references import standing_of
-from search.study import STANDARD_RECIPE
+from search.stages.references import searched_trials, standing_of
+from search.study import STANDARD_RECIPE, SearchSettings
+from search.training import TrainConfig
 from space import Genotype
 from tests.search.searchkit import REFERENCE, search_args
 
@@ -236,3 +239,156 @@ def test_race_verdict_weighs_the_margin_against_the_seed_spread() -> None:
     assert record["winner"] == "trial-3" and record["winner_trial"] == 3  # not the proxy's best
     assert record["best_reference"] == "resnet20"
     assert record["margin"] == pytest.approx(0.10) and record["verdict"] == "beat"
+
+
+def test_a_reference_whose_trial_failed_is_enqueued_again_and_ranked_by_its_complete_trial(
+    tmp_path: Path,
+) -> None:
+    from search.stages.references import _enqueue_again
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    record = {"enqueued": ["resnet20"], "yardsticks": []}
+    study.enqueue_trial({"x": 0.25}, user_attrs={"reference": "resnet20"})
+    t = study.ask()  # the reference, then a Ctrl-C in it
+    t.suggest_float("x", 0, 1)
+    study.tell(t, state=TrialState.FAIL)
+    _enqueue_again(study, record)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].user_attrs["reference"] == "resnet20"
+    _enqueue_again(study, record)  # once is enough: it waits to run
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
+    again = study.ask()
+    assert again.suggest_float("x", 0, 1) == 0.25  # the same network
+    failed = create_trial(
+        state=TrialState.FAIL,
+        params={"x": 0.25},
+        distributions={"x": FloatDistribution(0, 1)},
+        user_attrs={"reference": "resnet20", "params": 100},
+    )
+    failed.number = 0
+    where = standing_of(
+        [failed, _trial(1, 0.6, 100, reference="resnet20"), _trial(2, 0.5, 100)], {}, 400
+    )
+    [place] = where.places
+    assert place.val_acc == 0.6 and place.trial == 1  # the complete one, not the failed one
+
+
+def test_stages_run_in_one_process_at_a_time(tmp_path: Path) -> None:
+    import os
+
+    from search.stages import claim_stages, release_stages
+    from search.storage import ClaimLock, parse_storage
+    from search.study import worker_identity
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=url, study_name="s")
+    lock = ClaimLock(parse_storage(url), study._storage, "s")
+    other = {**worker_identity(), "pid": os.getppid(), "start": None}  # a live process
+    study.set_user_attr("stages_owner", {"worker": other, "time": 0})
+    assert claim_stages(study, lock) == f"{other['host']} pid {other['pid']}"
+    gone = {**other, "pid": 2**22 + 12345}  # no such process
+    study.set_user_attr("stages_owner", {"worker": gone, "time": 0})
+    assert claim_stages(study, lock) is None
+    assert study.user_attrs["stages_owner"]["worker"]["pid"] == os.getpid()
+    release_stages(study, lock)
+    assert study.user_attrs["stages_owner"] is None
+    lock.close()
+
+
+def test_the_recipe_stage_keeps_to_the_space_and_resumes_a_trial_left_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from search.stages import recipe as recipe_module
+    from space.searchspace import SearchSpace
+    from tests.search.searchkit import tiny_space
+
+    space = SearchSpace.load(tiny_space(tmp_path / "space.toml"))
+    recipes = space.recipe_space()
+    off_list = dataclasses.replace(STANDARD_RECIPE, crop_padding=8)  # the space has 0, 2, 4
+    assert recipe_module._fixed_values(off_list, recipes) is None
+    assert recipe_module._fixed_values(STANDARD_RECIPE, recipes) is not None
+
+    # A run killed in the stage left trial 1 running with its recipe drawn: the next run
+    # trains it on (in its own folder), not a new one in its place.
+    trained: list[str] = []
+
+    def fake_jobs(jobs, **kwargs):  # type: ignore[no-untyped-def]
+        from search.jobs import Outcome
+
+        trained.extend(j.out.name for j in jobs)
+        return [Outcome(j, {"val_acc": 0.5}) for j in jobs]
+
+    monkeypatch.setattr(recipe_module, "run_jobs", fake_jobs)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    main = optuna.create_study(storage=url, study_name="m")
+    inner = optuna.create_study(storage=url, study_name=recipe_module.recipe_study_name("m", 3, 2))
+    inner.set_user_attr("architecture", "k")
+    inner.enqueue_trial(
+        recipe_module._fixed_values(STANDARD_RECIPE, recipes), user_attrs={"fixed": True}
+    )
+    first = inner.ask()
+    inner.tell(first, 0.4)
+    left = inner.ask()
+    augment = recipe_module.sample_augment(left, recipes)
+    left.set_user_attr("augment", dataclasses.asdict(augment))
+    from search.storage import ClaimLock, parse_storage
+
+    lock = ClaimLock(parse_storage(url), main._storage, "m")
+    settings = SearchSettings(
+        budget=6000,
+        space=space,
+        data=DataConfig(source="unused"),
+        dataset={},
+        train=TrainConfig(epochs=2, batch_size=8),
+        min_epochs=1,
+        reduction_factor=3,
+    )
+    record = recipe_module.run_recipe_stage(
+        main._storage,
+        main,
+        settings,
+        None,  # type: ignore[arg-type]  # the jobs are faked: no data is read
+        space=space,
+        trial=3,
+        genotype=Genotype.from_dict({"stages": [{"depth": 1, "width": 8}]}),
+        trials=3,
+        epochs=2,
+        seed=0,
+        device=torch.device("cpu"),
+        concurrency=1,
+        folder=tmp_path,
+        lock=lock,
+        progress=False,
+    )
+    lock.close()
+    assert trained[0] == f"trial-{left.number}"  # the one left running, first
+    assert record["trials"] == 3 and record["fixed_val_acc"] == 0.4
+
+
+@pytest.mark.slow
+def test_a_timed_search_stopped_in_its_race_resumes_the_race_not_the_trials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import search.run as run_module
+
+    monkeypatch.chdir(tmp_path)
+    args = stage_args(tmp_path, "--timeout", "6", "--recipe-trials", "0", trials=1000)
+    real = run_module.run_race
+
+    def interrupted(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "run_race", interrupted)
+    assert run_main(args) == 130
+    study = load(tmp_path)
+    trials = len(study.trials)
+    assert study.user_attrs["trials_ended"]["why"] == "timeout"
+    monkeypatch.setattr(run_module, "run_race", real)
+    capsys.readouterr()
+    assert run_main(args) == 0
+    out = capsys.readouterr().out
+    assert "going on with the stages after them" in out
+    study = load(tmp_path)
+    assert len(study.trials) == trials  # no other timeout's worth of trials
+    if searched_trials(study, 6000):  # a loaded machine may finish no searched trial in 6 s
+        assert "race" in study.user_attrs and "choice" in study.user_attrs, out
