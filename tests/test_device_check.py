@@ -122,3 +122,54 @@ def test_a_campaign_spans_two_calls_through_the_carried_tarball(tmp_path: Path) 
     assert set(own["source"]) == {"search", "reference"} and set(own["seeds"]) == {2}
     sessions = json.loads((tmp_path / "results" / "campaigns" / "tiny" / "log.json").read_text())
     assert len(sessions["sessions"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["gpu.toml", "gpu-400k.toml", "gpu-5m.toml"])
+def test_the_gpu_presets_run_every_stage_as_a_cpu_dry_run(tmp_path: Path, preset: str) -> None:
+    # The committed presets themselves, with their numbers cut down, on tiny images and the CPU:
+    # searches, references in the study, race, recipe stage, retraining and the result.
+    import tomli_w
+    import tomllib
+
+    from tests.search.searchkit import tiny_data
+
+    raw = tomllib.loads((ROOT / "configs" / "campaign" / preset).read_text())
+    raw["search"].update(trials=4, startup_trials=2, race_top=2, race_epochs=1, recipe_trials=2)
+    raw["search"].update(recipe_epochs=1, min_epochs=1)
+    raw["train"]["epochs"] = 1
+    raw["retrain"].update(epochs=1, seeds=2, tta_views=1)
+    raw["data"].pop("subset", None)
+    raw["data"]["val_size"] = 6
+    for b in raw["budgets"]:
+        b["timeout"] = 60
+    copy = tmp_path / preset
+    copy.write_text(tomli_w.dumps(raw))
+    data = tiny_data(tmp_path / "data")
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path / "out"),
+        "NAS_DRY_RUN": "1",
+        "NAS_PYTHON": sys.executable,
+        "NAS_STEPS": "campaign",
+        "NAS_CAMPAIGN_CAP": "600",
+        "NAS_RESULTS": str(tmp_path / "results"),
+        "NAS_CAMPAIGN_ARGS": f"--device cpu --data {data}",
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "device_check.sh"), str(copy)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert "campaign: exit 0" in summary, log[-3000:]
+    name = raw["campaign"].get("name") or copy.stem
+    board = pd.read_csv(tmp_path / "results" / "reference" / name / "leaderboard.csv")
+    assert set(board["source"]) == {"search", "reference"}
+    assert board["race_val_acc"].notna().any()  # the race ran
+    assert (tmp_path / "out" / f"campaign-{name}.tar.gz").is_file()  # the carry for a next call
