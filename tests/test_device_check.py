@@ -130,11 +130,11 @@ def test_the_gpu_presets_run_every_stage_as_a_cpu_dry_run(tmp_path: Path, preset
     # The committed presets themselves, with their numbers cut down, on tiny images and the CPU:
     # searches, references in the study, race, recipe stage, retraining and the result.
     import tomli_w
-    import tomllib
 
+    from space._toml import load_toml
     from tests.search.searchkit import tiny_data
 
-    raw = tomllib.loads((ROOT / "configs" / "campaign" / preset).read_text())
+    raw = load_toml(ROOT / "configs" / "campaign" / preset)
     raw["search"].update(trials=4, startup_trials=2, race_top=2, race_epochs=1, recipe_trials=2)
     raw["search"].update(recipe_epochs=1, min_epochs=1)
     raw["train"]["epochs"] = 1
