@@ -107,9 +107,17 @@ def run_budget(
     tables = campaign.search_tables(b)
     # A search that ended (trials done, or its timeout) is not run again: a timeout-bound one
     # would search on. Where the data lives does not count; what it holds the study checks.
+    # How many trainings run at once, and where, changes no result: not in the digest.
+    search_table = {
+        k: v for k, v in tables["search"].items() if k not in ("concurrency", "mps", "device")
+    }
     digest = hashlib.sha256(
         dumps_toml(
-            {**tables, "data": {k: v for k, v in tables["data"].items() if k != "source"}}
+            {
+                **tables,
+                "search": search_table,
+                "data": {k: v for k, v in tables["data"].items() if k != "source"},
+            }
         ).encode()
     ).hexdigest()[:16]
     if log.finished("search", b.label, digest):

@@ -118,6 +118,13 @@ def test_a_search_seeds_races_searches_the_recipe_and_chooses(
 
     for text in ("references among the trials", "race:", "recipe stage:", "the search's choice"):
         assert text in out
+    # The dashboard's note (the live one while the search runs, and the report's) says it too.
+    from search.figures import StudyView
+    from search.report import note_markdown
+
+    note = note_markdown(StudyView.of(study))
+    assert "How the search chose" in note and "references among the trials" in note
+    assert "the search's choice" in note
 
     # Run again: everything finished, nothing trains, the record stays.
     stamps = [p.stat().st_mtime_ns for p in runs]
