@@ -745,7 +745,7 @@ def figure(plan: Plan, result: Mapping[str, Any], rows: Sequence[Mapping[str, An
         for s in shorts
     ]
     fig = make_subplots(
-        rows=lines, cols=cols, subplot_titles=titles, horizontal_spacing=0.07, vertical_spacing=0.12
+        rows=lines, cols=cols, subplot_titles=titles, horizontal_spacing=0.07, vertical_spacing=0.17
     )
     by_setting: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
