@@ -33,10 +33,15 @@ def test_one_study_per_sampler_and_seed_and_a_table(tmp_path: Path) -> None:
             assert "race" not in study.user_attrs
         assert len(result["best_val_acc"][sampler]["3"]["seeds"]) == 2
     assert "| tpe |" in (out / "samplers.md").read_text()
-    # run again: every study is finished, nothing trains, the table is the same
+    assert set(result["minutes"]) == {"tpe-0", "tpe-1", "random-0", "random-1"}
+    assert all(m >= 0 for m in result["minutes"].values())
+    # run again: every study is finished, nothing trains, the table and the searches' minutes
+    # (the studies' own, not the invocation's) are the same
     again = run_script("bench_sampler", *args, "--out", str(out))
     assert again.returncode == 0
-    assert json.loads((out / "samplers.json").read_text())["best_val_acc"] == result["best_val_acc"]
+    rerun = json.loads((out / "samplers.json").read_text())
+    assert rerun["best_val_acc"] == result["best_val_acc"]
+    assert rerun["minutes"] == result["minutes"]
 
 
 def test_an_unknown_sampler_is_refused(tmp_path: Path) -> None:
