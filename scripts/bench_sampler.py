@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import optuna  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
 
 from search.campaign.preset import load_campaign  # noqa: E402
 from search.study import SAMPLERS, is_feasible_complete  # noqa: E402
@@ -64,11 +65,14 @@ def search_preset(config: Path, *, sampler: str, seed: int, out: Path) -> tuple[
 
 
 def best_so_far(storage: str, name: str, budget: int) -> list[float | None]:
-    """The best validation accuracy among feasible complete trials after each trial."""
+    """The best validation accuracy among feasible complete trials after each trial. A failed
+    trial (one killed with its run, and drawn again when the search resumed) is not counted."""
     study = optuna.load_study(study_name=name, storage=storage)
     best: float | None = None
     out = []
     for t in sorted(study.trials, key=lambda t: t.number):
+        if t.state == TrialState.FAIL:
+            continue
         if is_feasible_complete(t, budget) and (best is None or t.value > best):  # type: ignore[operator]
             best = t.value
         out.append(best)
@@ -76,11 +80,13 @@ def best_so_far(storage: str, name: str, budget: int) -> list[float | None]:
 
 
 def search_minutes(storage: str, name: str) -> float:
-    """Minutes the study's finished trials trained, summed (right across resumed invocations)."""
+    """Minutes the study's complete and pruned trials took, summed (right across resumed
+    invocations; a trial killed with its run counts nothing, its end being the restart's)."""
     study = optuna.load_study(study_name=name, storage=storage)
+    ended = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     seconds = sum(
         (t.datetime_complete - t.datetime_start).total_seconds()
-        for t in study.trials
+        for t in ended
         if t.datetime_start and t.datetime_complete
     )
     return round(seconds / 60, 1)

@@ -3,11 +3,13 @@ sampler-drawn trials only, and a table of the best accuracy after n trials; resu
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from tests.scripts import run_script
 from tests.search.searchkit import campaign_preset
@@ -48,3 +50,32 @@ def test_an_unknown_sampler_is_refused(tmp_path: Path) -> None:
     preset = campaign_preset(tmp_path, swap=False)
     done = run_script("bench_sampler", "--config", str(preset), "--samplers", "cmaes")
     assert done.returncode == 2 and "unknown cmaes" in done.stderr
+
+
+def test_a_killed_trial_is_not_counted(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "bench_sampler", Path(__file__).parent.parent / "scripts" / "bench_sampler.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    x = optuna.distributions.FloatDistribution(0, 1)
+    for value, state in [
+        (0.4, TrialState.COMPLETE),
+        (None, TrialState.FAIL),
+        (0.6, TrialState.COMPLETE),
+    ]:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": 0.5},
+                distributions={"x": x},
+                value=value,
+                state=state,
+                user_attrs={"params": 1000},
+            )
+        )
+    # the failed trial (killed with its run, drawn again on resuming) is no trial of the curve
+    assert bench.best_so_far(storage, "s", 2000) == [0.4, 0.6]
+    assert bench.best_so_far(storage, "s", 500) == [None, None]  # over the budget: not feasible
