@@ -35,6 +35,7 @@ import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from search.campaign.preset import load_campaign  # noqa: E402
+from search.provenance import portable_path  # noqa: E402
 from search.study import SAMPLERS, is_feasible_complete  # noqa: E402
 from space._toml import dumps_toml  # noqa: E402
 from space.errors import UserError  # noqa: E402
@@ -50,8 +51,10 @@ def search_preset(config: Path, *, sampler: str, seed: int, out: Path) -> tuple[
         sampler=sampler,
         seed=seed,
         study_name=name,
-        storage=f"sqlite:///{out / name}.db",
-        results=str(out),
+        # relative to the project root where inside it (the searches run there): a study that
+        # names no folder of this machine
+        storage=f"sqlite:///{portable_path(out / f'{name}.db')}",
+        results=portable_path(out),
         references=[],
         race_top=0,
         recipe_trials=0,
