@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     threads = max(1, (os.cpu_count() or 1) // args.parallel)
 
-    def search(run: tuple) -> tuple[int, float]:
+    def search(run: tuple) -> int:
         _, _, preset, name, _ = run
         started = time.time()
         log = out / f"{name}.log"
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stderr=subprocess.STDOUT,
             )
         print(f"{name}: exit {code} in {(time.time() - started) / 60:.1f} min ({log})", flush=True)
-        return code, time.time() - started
+        return code
 
     with ThreadPoolExecutor(args.parallel) as pool:
         done = list(pool.map(search, runs))
@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     (out / "samplers.md").write_text(text)
     print(text)
-    return 0 if all(code == 0 for code, _ in done) else 1
+    return 0 if all(code == 0 for code in done) else 1
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ sampler-drawn trials only, and a table of the best accuracy after n trials; resu
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.scripts import run_script
+from tests.scripts import load_script, run_script
 from tests.search.searchkit import campaign_preset
 
 
@@ -53,12 +52,7 @@ def test_an_unknown_sampler_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_killed_trial_is_not_counted(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "bench_sampler", Path(__file__).parent.parent / "scripts" / "bench_sampler.py"
-    )
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_sampler")
     storage = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
     x = optuna.distributions.FloatDistribution(0, 1)
