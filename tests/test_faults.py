@@ -67,6 +67,21 @@ optuna.trial.Trial.report = dying
 """
 
 
+# Runs search.run with Trial.report patched to send the process a SIGINT (Ctrl-C) right after
+# trial 0 stored its first validation accuracy: a trial certainly running, with epochs left, when
+# the signal lands (a poll from outside can miss that window on a loaded machine, where a tiny
+# epoch takes milliseconds and a poll of the database far longer).
+_CTRL_C_MID_TRIAL = """
+import optuna
+real = optuna.trial.Trial.report
+def interrupting(self, value, step):
+    real(self, value, step)
+    if self.number == 0 and len(self.study.trials[0].intermediate_values) == 1:
+        os.kill(os.getpid(), signal.SIGINT)
+optuna.trial.Trial.report = interrupting
+"""
+
+
 # Runs search.run with a SQLAlchemy hook that sends the process a SIGINT (Ctrl-C) from inside
 # the database write of a trained trial's results: the moment an asynchronous KeyboardInterrupt
 # would leave a transaction open and SQLite locked for every later write.
@@ -232,7 +247,7 @@ def test_retrain_killed_resumes_from_its_last_epoch(tmp_path: Path, monkeypatch)
             return bool(history) and len(history[0].read_text().splitlines()) > n
 
         try:
-            wait_for(epochs_written, every=0.02)
+            wait_for(epochs_written, every=0.02, proc=proc)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -319,19 +334,9 @@ def test_out_of_memory_fails_the_trial_frees_it_and_goes_on(tmp_path: Path, monk
 
 def test_ctrl_c_marks_the_running_trial_failed(tmp_path: Path) -> None:
     # Trial 0 is alone in its Hyperband bracket, so nothing prunes it: with 100 epochs it is
-    # still training when the signal lands (with a few epochs it could finish in between).
+    # still training when the signal lands, after its first epoch.
     args = search_args(tmp_path, "--epochs", "100", trials=3)
-    proc = start(args, tmp_path)
-
-    def running_trial() -> bool:
-        study = study_at(tmp_path)
-        if study is None or not study.trials:
-            return False
-        first = study.trials[0]
-        return first.state == TrialState.RUNNING and 1 <= len(first.intermediate_values) <= 50
-
-    wait_for(running_trial)
-    proc.send_signal(signal.SIGINT)
+    proc = start(args, tmp_path, hook=_CTRL_C_MID_TRIAL)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out[-2000:], err[-3000:])
     assert "interrupted" in err and "Traceback" not in err
@@ -405,7 +410,8 @@ def test_ctrl_c_with_workers_stops_them_all(tmp_path: Path) -> None:
             return None
 
     wait_for(
-        lambda: (s := load()) is not None and len(s.get_trials(states=(TrialState.RUNNING,))) == 2
+        lambda: (s := load()) is not None and len(s.get_trials(states=(TrialState.RUNNING,))) == 2,
+        proc=proc,
     )
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=180)
