@@ -74,9 +74,11 @@ optuna.trial.Trial.report = dying
 _CTRL_C_MID_TRIAL = """
 import optuna
 real = optuna.trial.Trial.report
+sent = []
 def interrupting(self, value, step):
     real(self, value, step)
-    if self.number == 0 and len(self.study.trials[0].intermediate_values) == 1:
+    if self.number == 0 and not sent:
+        sent.append(True)
         os.kill(os.getpid(), signal.SIGINT)
 optuna.trial.Trial.report = interrupting
 """
