@@ -87,6 +87,13 @@ class StudyView:
             "retrain_seeds": record.get("seeds"),
         }
 
+    def chosen_trial(self) -> int | None:
+        """The number of the trial the search chose (the race's winner, as the ``choice``
+        stage recorded it), or None before a choice."""
+        choice = self.stages.get("choice")
+        trial = choice.get("trial") if isinstance(choice, Mapping) else None
+        return trial if isinstance(trial, int) else None
+
     def ranked(self) -> list[FrozenTrial]:
         """Complete trials within the budget, best validation accuracy first (fewer parameters
         first on a tie); a trial that repeats an earlier genotype is left out."""
@@ -265,9 +272,12 @@ def accuracy_figure(
                 go.Scatter(
                     x=[t.user_attrs.get(measure) for t, _ in tested],
                     y=[r["test_acc"] for _, r in tested],
-                    mode="markers",
+                    mode="markers+text",
                     name=_label(view, many, "test accuracy (retrained)"),
                     marker={"color": color, "symbol": "star", "size": 14, "line": {"width": 1}},
+                    text=[star_text(t.number, view.chosen_trial()) for t, _ in tested],
+                    textposition="middle right",
+                    textfont={"size": 11, "color": "#333"},
                     customdata=[_test_custom(t, r) for t, r in tested],
                     hovertemplate=(
                         "<b>trial %{customdata[0]}</b> retrained<br>%{customdata[1]}<br>"
@@ -337,6 +347,11 @@ def accuracy_figure(
     )
     fig.update_yaxes(title=accuracy, tickformat=".0%")
     return fig
+
+
+def star_text(number: int, chosen: int | None) -> str:
+    """A retrained trial's label beside its star: its number, and whether it is the choice."""
+    return f"#{number}, the choice" if number == chosen else f"#{number}"
 
 
 def _drawn_xs(views: Sequence[StudyView], measure: Measure) -> list[float]:

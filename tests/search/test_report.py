@@ -179,6 +179,7 @@ def test_pareto_figure_marks_the_front_of_complete_trials_and_the_budget() -> No
     assert [c[0] for c in trace(fig, "pruned (accuracy when stopped)").customdata] == [4]
     stars = trace(fig, "test accuracy (retrained)")
     assert list(stars.y) == [0.84] and stars.customdata[0][0] == 1
+    assert list(stars.text) == ["#1"]  # no choice recorded: no star says it is the choice
     # The budget line is a vertical shape at the budget, across the plot.
     (line,) = fig.layout.shapes
     assert line.x0 == line.x1 == BUDGET and (line.y0, line.y1, line.yref) == (0, 1, "paper")
@@ -214,7 +215,16 @@ def test_test_accuracy_from_the_retrain_record() -> None:
     record = {3: {"test_acc": 0.88, "test_acc_tta": 0.89, "epochs": 200, "seeds": [0, 1]}}
     view = StudyView(name="s", budget=BUDGET, trials=tuple(trials), retrained=record)
     stars = trace(accuracy_figure([view]), "test accuracy (retrained)")
-    assert list(stars.y) == [0.88] and list(stars.x) == [360_000]
+    assert list(stars.y) == [0.88] and list(stars.x) == [360_000] and list(stars.text) == ["#3"]
+    chosen = StudyView(
+        name="s",
+        budget=BUDGET,
+        trials=tuple(trials),
+        retrained={**record, 2: {"test_acc": 0.86}},
+        stages={"choice": {"trial": 2, "name": "trial-2"}},
+    )
+    stars = trace(accuracy_figure([chosen]), "test accuracy (retrained)")
+    assert sorted(stars.text) == ["#2, the choice", "#3"]
     frame = trials_frame([view]).set_index("number")
     assert frame.loc[3, "test_acc_tta"] == 0.89 and frame.loc[3, "retrain_epochs"] == 200
     assert frame.loc[3, "retrain_seeds"] == "[0, 1]" and math.isnan(frame.loc[0, "test_acc"])
