@@ -268,6 +268,7 @@ def accuracy_figure(
         )
         tested = [(t, r) for t in complete if (r := view.test_result(t)) is not None]
         if tested:
+            chosen = view.chosen_trial()
             fig.add_trace(
                 go.Scatter(
                     x=[t.user_attrs.get(measure) for t, _ in tested],
@@ -275,7 +276,7 @@ def accuracy_figure(
                     mode="markers+text",
                     name=_label(view, many, "test accuracy (retrained)"),
                     marker={"color": color, "symbol": "star", "size": 14, "line": {"width": 1}},
-                    text=[star_text(t.number, view.chosen_trial()) for t, _ in tested],
+                    text=[star_text(t.number, chosen) for t, _ in tested],
                     textposition="middle right",
                     textfont={"size": 11, "color": "#333"},
                     customdata=[_test_custom(t, r) for t, r in tested],

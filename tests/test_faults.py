@@ -67,26 +67,13 @@ optuna.trial.Trial.report = dying
 """
 
 
-# Runs search.run with Trial.report patched to send the process a SIGINT (Ctrl-C) right after
-# trial 0 stored its first validation accuracy: a trial certainly running, with epochs left, when
-# the signal lands (a poll from outside can miss that window on a loaded machine, where a tiny
-# epoch takes milliseconds and a poll of the database far longer).
-_CTRL_C_MID_TRIAL = """
-import optuna
-real = optuna.trial.Trial.report
-sent = []
-def interrupting(self, value, step):
-    real(self, value, step)
-    if self.number == 0 and not sent:
-        sent.append(True)
-        os.kill(os.getpid(), signal.SIGINT)
-optuna.trial.Trial.report = interrupting
-"""
-
-
-# As _CTRL_C_MID_TRIAL, with a second Ctrl-C right after the first, whose time it writes to
-# ./ctrl-c-sent.
-_TWO_CTRL_C_MID_TRIAL = """
+def ctrl_c_mid_trial(times: int = 1) -> str:
+    """A hook for ``start``: Trial.report patched to send the process ``times`` SIGINTs (Ctrl-C)
+    right after trial 0 stored its first validation accuracy, the time of the first written to
+    ./ctrl-c-sent. A trial is certainly running, with epochs left, when the signal lands (a poll
+    from outside can miss that window on a loaded machine, where a tiny epoch takes
+    milliseconds and a poll of the database far longer)."""
+    return f"""
 import time
 import optuna
 real = optuna.trial.Trial.report
@@ -97,8 +84,8 @@ def interrupting(self, value, step):
         sent.append(True)
         with open("ctrl-c-sent", "w") as f:
             f.write(str(time.time()))
-        os.kill(os.getpid(), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range({times}):
+            os.kill(os.getpid(), signal.SIGINT)
 optuna.trial.Trial.report = interrupting
 """
 
@@ -357,7 +344,7 @@ def test_ctrl_c_marks_the_running_trial_failed(tmp_path: Path) -> None:
     # Trial 0 is alone in its Hyperband bracket, so nothing prunes it: with 100 epochs it is
     # still training when the signal lands, after its first epoch.
     args = search_args(tmp_path, "--epochs", "100", trials=3)
-    proc = start(args, tmp_path, hook=_CTRL_C_MID_TRIAL)
+    proc = start(args, tmp_path, hook=ctrl_c_mid_trial())
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out[-2000:], err[-3000:])
     assert "interrupted" in err and "Traceback" not in err
@@ -392,7 +379,7 @@ def test_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
     # Both signals from inside trial 0's first report (no poll from outside, which a tiny
     # epoch outruns on a loaded machine), the time of the first written beside the study.
     args = search_args(tmp_path, "--epochs", "100", trials=3)
-    proc = start(args, tmp_path, hook=_TWO_CTRL_C_MID_TRIAL)
+    proc = start(args, tmp_path, hook=ctrl_c_mid_trial(times=2))
     out, err = proc.communicate(timeout=120)
     ended = time.time()
     assert proc.returncode == 130, (out[-2000:], err[-3000:])
